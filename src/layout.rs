@@ -4,13 +4,14 @@
 //! 0x0000_0000  real-mode IVT / BIOS data area
 //! 0x0000_0500  GDT            (BOOT_GDT_START)
 //! 0x0000_0520  IDT            (BOOT_IDT_START)
-//! 0x0000_6000  PVH start_info + memory map (PVH_INFO_START)
+//! 0x0000_6000  PVH start_info, then its memory map and module list (PVH_INFO_START)
 //! 0x0000_7000  Linux boot_params "zero page" (ZERO_PAGE_START)
 //! 0x0000_8ff0  initial boot stack top (BOOT_STACK_POINTER)
 //! 0x0000_9000  PML4, then PDPT at 0xa000, 4 PDs at 0xb000..0xf000:
 //!              identity map of the first 4 GiB with 2 MiB pages
 //! 0x0002_0000  kernel command line (CMDLINE_START, CMDLINE_MAX_SIZE)
-//! 0x0009_fc00  EBDA (reserved)
+//! 0x0009_fc00  EBDA (reserved, up to EBDA_END)
+//! 0x000a_0000  legacy VGA/ROM area: neither RAM nor listed in the e820 map
 //! 0x000e_0000  ACPI RSDP and tables (ACPI_START .. 0x10_0000, reserved)
 //! 0x0010_0000  kernel (HIMEM_START); initrd at the top of low RAM
 //! 0xc000_0000  32-bit MMIO hole (MMIO_HOLE_START .. 4 GiB):
@@ -32,6 +33,7 @@ pub const PDE_COUNT: u64 = 4;
 pub const CMDLINE_START: u64 = 0x2_0000;
 pub const CMDLINE_MAX_SIZE: usize = 0x1_0000;
 pub const EBDA_START: u64 = 0x9_fc00;
+pub const EBDA_END: u64 = 0xa_0000;
 pub const ACPI_START: u64 = 0xe_0000;
 pub const ACPI_END: u64 = 0x10_0000;
 pub const HIMEM_START: u64 = 0x10_0000;
@@ -70,6 +72,10 @@ pub mod irq {
 
 /// Smallest `--mem` accepted, in MiB.
 pub const MIN_MEM_MIB: u64 = 8;
+/// Largest `--mem` accepted, in MiB: 256 GiB keeps the top of RAM (257 GiB,
+/// past the hole) below 2^39, the narrowest guest-physical address width of
+/// current x86 hosts.
+pub const MAX_MEM_MIB: u64 = 256 << 10;
 
 /// Guest RAM regions for `mem_size` bytes: below the hole, then above 4 GiB.
 pub fn ram_regions(mem_size: u64) -> Vec<(u64, u64)> {

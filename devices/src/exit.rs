@@ -14,6 +14,8 @@ pub enum ExitReason {
     GuestCrash(String),
     /// The VMM itself failed while running the guest.
     VmmError(String),
+    /// The user ended the VM from the console (Ctrl-A x).
+    UserQuit,
 }
 
 /// A one-shot "the VM should end" latch with an eventfd the main loop polls.

@@ -1,0 +1,56 @@
+//! The PC platform devices every VM gets, wired onto the PIO and MMIO buses.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+use accel::Vm;
+use devices::acpi::AcpiPower;
+use devices::legacy::{BootMarker, Cmos, Serial, I8042};
+use devices::{BusError, IoBus, VmExitSignal};
+
+use crate::layout::{self, pio};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceSetupError {
+    #[error("placing a device on the bus: {0}")]
+    Bus(#[from] BusError),
+    #[error("interrupt line for {0}: {1}")]
+    Irq(&'static str, #[source] accel::Error),
+    #[error("creating an eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+}
+
+/// The buses and the devices the VMM talks to after boot.
+pub struct PlatformDevices {
+    pub pio: Arc<IoBus>,
+    pub mmio: Arc<IoBus>,
+    pub serial: Arc<Serial>,
+    pub boot_marker: Arc<BootMarker>,
+}
+
+impl PlatformDevices {
+    pub fn new(
+        vm: &dyn Vm,
+        exit: &Arc<VmExitSignal>,
+        console_out: Box<dyn Write + Send>,
+        start: Instant,
+    ) -> Result<Self, DeviceSetupError> {
+        let serial_irq =
+            vm.irq_line(layout::irq::SERIAL_COM1).map_err(|e| DeviceSetupError::Irq("serial", e))?;
+        let serial = Arc::new(Serial::new(serial_irq, console_out));
+        let boot_marker = Arc::new(BootMarker::new(start));
+
+        let mut pio_bus = IoBus::new();
+        pio_bus.insert(pio::SERIAL_COM1, pio::SERIAL_LEN, serial.clone())?;
+        pio_bus.insert(pio::I8042, pio::I8042_LEN, Arc::new(I8042::new(exit.clone())))?;
+        pio_bus.insert(pio::RTC, pio::RTC_LEN, Arc::new(Cmos::new()))?;
+        pio_bus.insert(pio::DEBUG_PORT, 1, boot_marker.clone())?;
+        pio_bus.insert(pio::ACPI_POWER, pio::ACPI_POWER_LEN, Arc::new(AcpiPower::new(exit.clone())))?;
+
+        let mut mmio_bus = IoBus::new();
+        mmio_bus.insert(layout::BOOT_TIMER_ADDR, 1, boot_marker.clone())?;
+
+        Ok(Self { pio: Arc::new(pio_bus), mmio: Arc::new(mmio_bus), serial, boot_marker })
+    }
+}
