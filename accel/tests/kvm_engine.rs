@@ -35,6 +35,8 @@ const PATTERN_PORT: u16 = 0x60;
 /// Each read returns the next value of a counter (1, 2, 3…).
 const COUNTER_PORT: u16 = 0x62;
 const DONE_PORT: u16 = 0xf4;
+/// A write here triggers the recorder's `irq` line.
+const IRQ_PORT: u16 = 0xf5;
 const MMIO: u64 = 0xd000_0000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +53,7 @@ struct Recorder {
     log: Mutex<Vec<Access>>,
     counter: AtomicU8,
     kicker: OnceLock<Arc<dyn VcpuKicker>>,
+    irq: OnceLock<Arc<dyn accel::IrqLine>>,
 }
 
 impl Recorder {
@@ -88,6 +91,11 @@ impl VmOps for Recorder {
                 k.kick();
             }
             return;
+        }
+        if port == IRQ_PORT {
+            if let Some(line) = self.irq.get() {
+                line.trigger().unwrap();
+            }
         }
         self.push(Access::PioWrite(port, data.to_vec()));
     }
@@ -553,4 +561,91 @@ fn probe_agrees_with_kvm_new() {
         assert!(kvm.create_vm(&memory, &too_many).is_err());
     }
     assert!(kvm.create_vm(&memory, &VmConfig { vcpus: 0 }).is_err());
+}
+
+#[test]
+fn irq_line_interrupts_the_guest_through_the_ioapic() {
+    let Some(kvm) = kvm_or_skip() else { return };
+    const GSI: u32 = 4;
+    const VECTOR: u64 = 0x30;
+    const IDT: u64 = 0x3000;
+    const HANDLER: u64 = 0x10_8000;
+    const IOAPIC: u32 = 0xfec0_0000;
+    const LAPIC: u32 = 0xfee0_0000;
+    let code = assemble(|a| {
+        // Mask the 8259s so only the IOAPIC delivers GSI 4.
+        a.mov(al, 0xffu32)?;
+        a.out(0x21u32, al)?;
+        a.out(0xa1u32, al)?;
+        // Software-enable the LAPIC (spurious vector 0xff).
+        a.mov(eax, LAPIC + 0xf0)?;
+        a.mov(dword_ptr(rax), 0x1ffu32)?;
+        // IOAPIC pin 4 -> vector 0x30 on APIC 0, edge, unmasked.
+        a.mov(eax, IOAPIC)?;
+        a.mov(dword_ptr(rax), 0x10 + 2 * GSI + 1)?;
+        a.mov(dword_ptr(rax + 0x10), 0u32)?;
+        a.mov(dword_ptr(rax), 0x10 + 2 * GSI)?;
+        a.mov(dword_ptr(rax + 0x10), VECTOR as u32)?;
+        a.mov(dx, u32::from(IRQ_PORT))?;
+        a.out(dx, al)?;
+        a.sti()?;
+        a.hlt()?;
+        // Only reached if the interrupt never came.
+        a.mov(dx, u32::from(SERIAL))?;
+        a.mov(al, u32::from(b'X'))?;
+        a.out(dx, al)
+    });
+    let mut handler = CodeAssembler::new(64).unwrap();
+    handler.mov(dx, u32::from(SERIAL)).unwrap();
+    handler.mov(al, u32::from(b'I')).unwrap();
+    handler.out(dx, al).unwrap();
+    handler.mov(eax, LAPIC + 0xb0).unwrap();
+    handler.mov(dword_ptr(rax), 0u32).unwrap();
+    handler.out(u32::from(DONE_PORT), al).unwrap();
+    spin(&mut handler).unwrap();
+    let handler = handler.assemble(HANDLER).unwrap();
+
+    let mut g = boot(&kvm, 1, &code);
+    g.memory
+        .write_slice(&handler, GuestAddress(HANDLER))
+        .unwrap();
+    // 64-bit interrupt gate: selector 0x08, present, DPL 0, type 0xe.
+    let gate_lo =
+        (HANDLER & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | (((HANDLER >> 16) & 0xffff) << 48);
+    write_u64(&g.memory, IDT + VECTOR * 16, gate_lo);
+    write_u64(&g.memory, IDT + VECTOR * 16 + 8, HANDLER >> 32);
+    let mut state = long_mode_state();
+    state.idt = DescriptorTable {
+        base: IDT,
+        limit: (VECTOR * 16 + 15) as u16,
+    };
+    g.vcpu.set_cpu_state(&state).unwrap();
+    let _ = g.ops.irq.set(g.vm.irq_line(GSI).unwrap());
+    run_to_done(&mut g);
+    assert_eq!(
+        g.ops.pio_writes(SERIAL),
+        vec![vec![b'I']],
+        "{:?}",
+        g.ops.log()
+    );
+}
+
+#[test]
+fn kicks_are_never_lost() {
+    let Some(kvm) = kvm_or_skip() else { return };
+    let mut a = CodeAssembler::new(64).unwrap();
+    spin(&mut a).unwrap();
+    let mut g = boot(&kvm, 1, &a.assemble(CODE).unwrap());
+    // Kicks at varied delays land before, around and during KVM_RUN; each
+    // must bring `run` back (the watchdog in `run` catches a lost one).
+    for i in 0..300u64 {
+        let kicker = g.vcpu.kicker();
+        let delay = Duration::from_micros((i * 37) % 700);
+        let t = thread::spawn(move || {
+            thread::sleep(delay);
+            kicker.kick();
+        });
+        assert_eq!(run(g.vcpu.as_mut()), VcpuExit::Kicked, "iteration {i}");
+        t.join().unwrap();
+    }
 }

@@ -1,0 +1,116 @@
+//! Bad input gets a one-line error and the VMM-error exit code, never a
+//! panic or a hang. None of these needs /dev/kvm: each fails before a vCPU runs.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn tcg_or_kvm() -> &'static str {
+    // The loader runs before the engine creates the VM, under either; pick KVM
+    // where it opens so the test reaches the loader even before TCG exists.
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok() {
+        "kvm"
+    } else {
+        "tcg"
+    }
+}
+
+/// Runs rxvmm and checks it failed as a VMM error with `needle` on stderr,
+/// with no panic and a single `rxvmm: error:` line.
+fn fails_with(args: &[&str], needle: &str) -> Run {
+    let run = run_rxvmm(args, None, TIMEOUT);
+    run.assert_code(EXIT_VMM_ERROR).assert_stderr_has(needle);
+    assert!(!run.stderr.contains("panicked"), "panic:\n{}", run.stderr);
+    assert_eq!(run.stderr.matches("rxvmm: error:").count(), 1, "stderr:\n{}", run.stderr);
+    run
+}
+
+fn file_with(name: &str, bytes: &[u8]) -> String {
+    let path = scratch_dir().join(name);
+    std::fs::write(&path, bytes).expect("write test file");
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn missing_kernel() {
+    let accel = tcg_or_kvm();
+    fails_with(&["--accel", accel, "--kernel", "/nonexistent/vmlinux"], "/nonexistent/vmlinux");
+}
+
+#[test]
+fn empty_kernel() {
+    let k = file_with("empty.bin", b"");
+    fails_with(&["--accel", tcg_or_kvm(), "--kernel", &k], "empty");
+}
+
+#[test]
+fn kernel_that_is_not_a_kernel() {
+    let k = file_with("random.bin", &(0..8192u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<_>>());
+    fails_with(&["--accel", tcg_or_kvm(), "--kernel", &k], "neither an ELF vmlinux nor a bzImage");
+}
+
+#[test]
+fn truncated_bzimage() {
+    let (kernel, _) = default_guest();
+    let bytes = std::fs::read(kernel).expect("read bzImage");
+    let k = file_with("truncated-bzImage", &bytes[..bytes.len() / 3]);
+    fails_with(&["--accel", tcg_or_kvm(), "--kernel", &k], "truncated-bzImage");
+}
+
+#[test]
+fn truncated_elf() {
+    let image = rxvmm::guests::build("hello").expect("build hello");
+    let k = file_with("truncated.elf", &image[..100]);
+    fails_with(&["--accel", tcg_or_kvm(), "--kernel", &k], "truncated.elf");
+}
+
+#[test]
+fn initrd_larger_than_memory() {
+    let (kernel, _) = default_guest();
+    let initrd = scratch_dir().join("huge-initrd");
+    let f = std::fs::File::create(&initrd).expect("create initrd");
+    f.set_len(200 << 20).expect("size initrd");
+    fails_with(
+        &["--accel", tcg_or_kvm(), "--kernel", &kernel.to_string_lossy(), "--initrd", &initrd.to_string_lossy(), "--mem", "128"],
+        "initrd",
+    );
+}
+
+#[test]
+fn memory_too_small() {
+    let k = builtin_guest("hello");
+    fails_with(&["--accel", tcg_or_kvm(), "--kernel", &k.to_string_lossy(), "--mem", "4"], "too small");
+}
+
+#[test]
+fn zero_and_too_many_cpus() {
+    let k = builtin_guest("hello");
+    let k = k.to_string_lossy();
+    fails_with(&["--accel", tcg_or_kvm(), "--kernel", &k, "--cpus", "0"], "--cpus 0");
+    fails_with(&["--accel", tcg_or_kvm(), "--kernel", &k, "--cpus", "255"], "--cpus 255");
+}
+
+#[test]
+fn kvm_forced_without_kvm() {
+    let k = builtin_guest("hello");
+    let run = std::process::Command::new(rxvmm())
+        .args(["--accel", "kvm", "--kernel", &k.to_string_lossy()])
+        .env("RXVMM_NO_KVM", "1")
+        .output()
+        .expect("run rxvmm");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(EXIT_VMM_ERROR), "stderr: {stderr}");
+    assert!(stderr.contains("--accel kvm:"), "stderr: {stderr}");
+}
+
+#[test]
+fn usage_errors_use_clap_code() {
+    let run = run_rxvmm(&["--accel", "bogus"], None, TIMEOUT);
+    run.assert_code(2);
+    let run = run_rxvmm(&["--mem", "lots"], None, TIMEOUT);
+    run.assert_code(2);
+}
