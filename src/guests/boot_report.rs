@@ -78,6 +78,9 @@ const CR0_PG: u32 = 1 << 31;
 /// Upper bound on printed memory-map entries (the zero page holds 128).
 const MAX_E820: u32 = 128;
 const INT_SYSCALL: u8 = 0x80;
+/// `int 0x80` as a little-endian word (CD 80).
+const INT80_BYTES: u32 = 0x80cd;
+const UD_VECTOR: u8 = 6;
 const EXCEPTIONS: u8 = 32;
 
 // boot_params and hvm_start_info offsets.
@@ -228,7 +231,10 @@ pub(super) fn boot_report() -> Result<Built, GuestError> {
     a.iretq()?;
 
     // int 0x80 (DPL 3 gate): RAX = result; the frame's CS shows the caller's CPL.
+    let mut syscall = a.create_label();
     a.set_label(&mut int80)?;
+    rt.print(&mut a, &format!("{p}user trap=int80\n"))?;
+    a.set_label(&mut syscall)?;
     a.mov(rbx, rax)?;
     a.mov(rax, qword_ptr(rsp + 8))?;
     rt.print_hex_line(&mut a, &format!("{p}user cs="))?;
@@ -236,15 +242,36 @@ pub(super) fn boot_report() -> Result<Built, GuestError> {
     rt.print_hex_line(&mut a, &format!("{p}user result="))?;
     a.jmp(rt.poweroff)?;
 
-    // Exceptions: report the vector, then crash so the VMM sees a failure.
+    // Exceptions: report vector, error code, RIP and CS, then crash so the
+    // VMM sees a failure. Stubs push a 0 where the CPU pushes no error code.
+    // PVM hosts raise #UD for `int n` at CPL3 instead of using the gate, so a
+    // user #UD on the bytes of `int 0x80` is that call.
     for (vector, stub) in exc_stubs.iter_mut().enumerate() {
         a.set_label(stub)?;
+        if vector == usize::from(UD_VECTOR) {
+            let mut not_int80 = a.create_label();
+            a.test(byte_ptr(rsp + 8), 3)?;
+            a.jz(not_int80)?;
+            a.mov(rbx, qword_ptr(rsp))?;
+            a.cmp(word_ptr(rbx), INT80_BYTES)?;
+            a.jne(not_int80)?;
+            rt.print(&mut a, &format!("{p}user trap=int80-as-ud\n"))?;
+            a.jmp(syscall)?;
+            a.set_label(&mut not_int80)?;
+        }
+        if !has_error_code(vector) {
+            a.push(0)?;
+        }
         a.mov(ebx, vector as u32)?;
         a.jmp(exc_common)?;
     }
     a.set_label(&mut exc_common)?;
     a.mov(rax, rbx)?;
     rt.print_hex_line(&mut a, &format!("{p}exception="))?;
+    for (i, what) in ["error", "rip", "cs"].iter().enumerate() {
+        a.mov(rax, qword_ptr(rsp + 8 * i))?;
+        rt.print_hex_line(&mut a, &format!("{p}exception {what}="))?;
+    }
     a.jmp(rt.crash)?;
 
     emit_user_code(&mut a, &mut user)?;
@@ -269,6 +296,12 @@ pub(super) fn boot_report() -> Result<Built, GuestError> {
             CodeRange { ip: pvh_entry, len: code32.len(), bitness: 32, off: CODE32_OFF },
         ],
     })
+}
+
+/// Exceptions for which the CPU pushes an error code (#DF, #TS, #NP, #SS,
+/// #GP, #PF, #AC, #CP, #VC, #SX).
+fn has_error_code(vector: usize) -> bool {
+    matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
 }
 
 /// The CPL3 computation (see [`user_result`]), ending in `int 0x80`.

@@ -56,9 +56,21 @@ fn run_loop(vcpu: &mut dyn Vcpu, exit: &VmExitSignal, stop: &AtomicBool) {
                 ExitReason::GuestCrash(format!("vCPU {id}: triple fault (CPU shutdown)\n{}", vcpu.dump_state()))
             }
             Ok(VcpuExit::Crash(what)) => ExitReason::GuestCrash(format!("vCPU {id}: {what}\n{}", vcpu.dump_state())),
-            Err(e) => ExitReason::VmmError(format!("vCPU {id}: {e}")),
+            Err(e) => ExitReason::VmmError(format!("vCPU {id}: {}", error_chain(&e))),
         };
         exit.request(reason);
         return;
     }
+}
+
+/// `e` and its sources, "outer: inner: …", as anyhow's `{:#}` prints them.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
 }

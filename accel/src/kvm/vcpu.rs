@@ -11,9 +11,11 @@ use kvm_bindings::{
     KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_bindings::{CpuId, Msrs};
-use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd, VmFd};
+use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd};
+use vm_memory::GuestMemoryMmap;
 
 use super::kick::{self, KickState};
+use super::KvmVm;
 use super::{cpuid, regs, KvmError};
 use crate::{CpuState, VcpuExit, VcpuKicker, VmOps};
 
@@ -23,6 +25,9 @@ pub(crate) struct KvmVcpu {
     fd: VcpuFd,
     ops: Arc<dyn VmOps>,
     kick: Arc<KickState>,
+    /// The guest RAM KVM's slots point at: a vCPU thread may outlive the
+    /// VM object, and the mappings must outlive the vCPU fd.
+    _memory: GuestMemoryMmap,
 }
 
 /// What a `KVM_RUN` exit needs once the exit's borrow of the vCPU is over.
@@ -33,19 +38,36 @@ enum Followup {
     /// The guest can't go on; the text is completed with RIP.
     Crash(String),
     InternalError,
+    Unknown,
+}
+
+const HALTED_FOREVER: &str = "KVM_EXIT_HLT: vCPU halted with no in-kernel LAPIC to wake it";
+
+fn malformed_io(direction: &str, len: usize) -> Followup {
+    Followup::Crash(format!(
+        "KVM_EXIT_IO ({direction}) with a malformed {len}-byte buffer"
+    ))
+}
+
+/// KVM_EXIT_SYSTEM_EVENT: PSCI-style power requests, or a crash report.
+fn system_event(kind: u32, data: &[u64]) -> Followup {
+    match kind {
+        KVM_SYSTEM_EVENT_SHUTDOWN => Followup::Return(VcpuExit::Poweroff),
+        KVM_SYSTEM_EVENT_RESET => Followup::Return(VcpuExit::Reset),
+        KVM_SYSTEM_EVENT_CRASH => Followup::Crash(format!(
+            "guest reported a crash (KVM_SYSTEM_EVENT_CRASH, data {data:x?})"
+        )),
+        other => Followup::Crash(format!(
+            "unexpected KVM_EXIT_SYSTEM_EVENT type {other} (data {data:x?})"
+        )),
+    }
 }
 
 impl KvmVcpu {
-    pub(crate) fn new(
-        kvm: &kvm_ioctls::Kvm,
-        vm: &VmFd,
-        id: u8,
-        vcpus: u8,
-        supported_cpuid: &CpuId,
-        ops: Arc<dyn VmOps>,
-    ) -> Result<Self, KvmError> {
+    pub(crate) fn new(vm: &KvmVm, id: u8, ops: Arc<dyn VmOps>) -> Result<Self, KvmError> {
         kick::install_handler()?;
         let fd = vm
+            .fd
             .create_vcpu(u64::from(id))
             .map_err(|source| KvmError::VcpuIoctl {
                 id,
@@ -57,8 +79,9 @@ impl KvmVcpu {
             fd,
             ops,
             kick: Arc::default(),
+            _memory: vm.memory.clone(),
         };
-        vcpu.set_cpuid(kvm, supported_cpuid, vcpus)?;
+        vcpu.set_cpuid(&vm.kvm, &vm.supported_cpuid, vm.vcpus)?;
         vcpu.set_msrs(&regs::boot_msrs())?;
         vcpu.fd
             .set_fpu(&regs::boot_fpu())
@@ -218,14 +241,15 @@ impl KvmVcpu {
                     data.chunks_exact(size).for_each(|d| ops.pio_write(port, d));
                     Followup::Resume
                 }
-                None => Followup::Crash(format!("KVM_EXIT_IO (out) with a malformed {}-byte buffer", data.len())),
+                None => malformed_io("out", data.len()),
             },
             Ok(KvmExit::IoIn(port, data)) => match io_size(run, data.len()) {
                 Some(size) => {
-                    data.chunks_exact_mut(size).for_each(|d| ops.pio_read(port, d));
+                    data.chunks_exact_mut(size)
+                        .for_each(|d| ops.pio_read(port, d));
                     Followup::Resume
                 }
-                None => Followup::Crash(format!("KVM_EXIT_IO (in) with a malformed {}-byte buffer", data.len())),
+                None => malformed_io("in", data.len()),
             },
             Ok(KvmExit::MmioRead(addr, data)) => {
                 ops.mmio_read(addr, data);
@@ -236,18 +260,14 @@ impl KvmVcpu {
                 Followup::Resume
             }
             Ok(KvmExit::Shutdown) => Followup::Return(VcpuExit::Shutdown),
-            Ok(KvmExit::SystemEvent(kind, data)) => match kind {
-                KVM_SYSTEM_EVENT_SHUTDOWN => Followup::Return(VcpuExit::Poweroff),
-                KVM_SYSTEM_EVENT_RESET => Followup::Return(VcpuExit::Reset),
-                KVM_SYSTEM_EVENT_CRASH => Followup::Crash(format!("guest reported a crash (KVM_SYSTEM_EVENT_CRASH, data {data:x?})")),
-                other => Followup::Crash(format!("unexpected KVM_EXIT_SYSTEM_EVENT type {other} (data {data:x?})")),
-            },
+            Ok(KvmExit::SystemEvent(kind, data)) => system_event(kind, data),
             // Only seen without an in-kernel LAPIC: nothing could ever wake
             // the vCPU, and resuming would run past the HLT.
-            Ok(KvmExit::Hlt) => Followup::Crash("KVM_EXIT_HLT: vCPU halted with no in-kernel LAPIC to wake it".into()),
+            Ok(KvmExit::Hlt) => Followup::Crash(HALTED_FOREVER.into()),
             Ok(KvmExit::InternalError) => Followup::InternalError,
+            Ok(KvmExit::Unknown) => Followup::Unknown,
             Ok(KvmExit::FailEntry(reason, cpu)) => Followup::Crash(format!(
-                "KVM_EXIT_FAIL_ENTRY: VM entry failed, hardware reason {reason:#x} on host CPU {cpu}"
+                "KVM_EXIT_FAIL_ENTRY: VM entry failed (reason {reason:#x}, host CPU {cpu})"
             )),
             Ok(KvmExit::MemoryFault { flags, gpa, size }) => Followup::Crash(format!(
                 "KVM_EXIT_MEMORY_FAULT at guest physical {gpa:#x} (+{size:#x}, flags {flags:#x})"
@@ -267,13 +287,33 @@ impl KvmVcpu {
                 self.fd.set_kvm_immediate_exit(0);
                 Followup::Resume
             }
-            Err(source) => return Err(KvmError::VcpuIoctl { id, op: "KVM_RUN", source }),
+            Err(source) => {
+                return Err(KvmError::VcpuIoctl {
+                    id,
+                    op: "KVM_RUN",
+                    source,
+                })
+            }
         };
         Ok(match followup {
             Followup::Resume => None,
             Followup::Return(exit) => Some(exit),
             Followup::Crash(what) => Some(VcpuExit::Crash(format!("{what} at RIP {}", self.rip()))),
             Followup::InternalError => Some(VcpuExit::Crash(self.internal_error())),
+            Followup::Unknown => {
+                // SAFETY: for KVM_EXIT_UNKNOWN the kernel fills `hw` (one u64).
+                let reason = unsafe {
+                    self.fd
+                        .get_kvm_run()
+                        .__bindgen_anon_1
+                        .hw
+                        .hardware_exit_reason
+                };
+                Some(VcpuExit::Crash(format!(
+                    "KVM_EXIT_UNKNOWN (hardware exit reason {reason:#x}) at RIP {}",
+                    self.rip()
+                )))
+            }
         })
     }
 
@@ -394,20 +434,17 @@ mod tests {
     #[test]
     fn bsp_is_runnable_and_aps_wait_for_sipi() {
         let kvm = match kvm_ioctls::Kvm::new() {
-            Ok(kvm) => kvm,
+            Ok(kvm) => Arc::new(kvm),
             Err(e) => {
                 println!("SKIP: /dev/kvm not available ({e})");
                 return;
             }
         };
-        let vm = kvm.create_vm().unwrap();
-        vm.create_irq_chip().unwrap();
-        let cpuid = kvm
-            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
+        let vm = KvmVm::new(kvm, &mem, &crate::VmConfig { vcpus: 2 }).unwrap();
         let ops: Arc<dyn VmOps> = Arc::new(NoOps);
-        let bsp = KvmVcpu::new(&kvm, &vm, 0, 2, &cpuid, ops.clone()).unwrap();
-        let ap = KvmVcpu::new(&kvm, &vm, 1, 2, &cpuid, ops).unwrap();
+        let bsp = KvmVcpu::new(&vm, 0, ops.clone()).unwrap();
+        let ap = KvmVcpu::new(&vm, 1, ops).unwrap();
         assert_eq!(
             bsp.fd.get_mp_state().unwrap().mp_state,
             KVM_MP_STATE_RUNNABLE

@@ -24,13 +24,14 @@ const IOAPIC_PINS: u32 = 24;
 
 /// A VM on the host's KVM.
 pub struct KvmVm {
-    kvm: Arc<kvm_ioctls::Kvm>,
-    fd: Arc<VmFd>,
-    /// Kept so the mappings KVM's memory slots point at outlive the VM.
-    _memory: GuestMemoryMmap,
-    vcpus: u8,
+    pub(super) kvm: Arc<kvm_ioctls::Kvm>,
+    pub(super) fd: VmFd,
+    /// Kept (as are the vCPUs' copies) so the mappings KVM's memory slots
+    /// point at outlive every user of the slots.
+    pub(super) memory: GuestMemoryMmap,
+    pub(super) vcpus: u8,
     /// What KVM can offer a guest; each vCPU gets a normalised copy.
-    supported_cpuid: CpuId,
+    pub(super) supported_cpuid: CpuId,
 }
 
 fn vm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> KvmError {
@@ -57,9 +58,9 @@ impl KvmVm {
                 userspace_addr: host as u64,
                 flags: 0,
             };
-            // SAFETY: `host..host+size` is the region's live mmap, and the
-            // VM holds a clone of `memory` (which shares the mappings), so
-            // the range stays mapped as long as the VM can touch it.
+            // SAFETY: `host..host+size` is the region's live mmap. The VM
+            // and each vCPU hold clones of `memory` (sharing the mappings),
+            // so the range stays mapped while anything can run the guest.
             unsafe { fd.set_user_memory_region(mem_region) }
                 .map_err(vm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
@@ -88,8 +89,8 @@ impl KvmVm {
         }
         Ok(KvmVm {
             kvm,
-            fd: Arc::new(fd),
-            _memory: memory.clone(),
+            fd,
+            memory: memory.clone(),
             vcpus: config.vcpus,
             supported_cpuid,
         })
@@ -143,15 +144,7 @@ impl crate::Vm for KvmVm {
             }
             .into());
         }
-        let vcpu = KvmVcpu::new(
-            &self.kvm,
-            &self.fd,
-            id,
-            self.vcpus,
-            &self.supported_cpuid,
-            ops,
-        )?;
-        Ok(Box::new(vcpu))
+        Ok(Box::new(KvmVcpu::new(self, id, ops)?))
     }
 }
 
