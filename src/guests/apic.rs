@@ -15,8 +15,9 @@ use iced_x86::code_asm::{CodeAssembler, CodeLabel};
 use iced_x86::{Code, Instruction};
 
 use super::image::{
-    addr, assemble, main_range, sel, Built, CodeRange, Image, AP_STACKS_OFF, AP_STACK_SIZE, CODE16_MAX, CODE16_OFF,
-    CODE16_SLOT, CODE32_MAX, CODE32_OFF, LOAD_ADDR, MAIN_MAX, MAIN_OFF, MAX_APS, TRAMP_GDTR_OFF, VARS_OFF,
+    addr, assemble, main_range, sel, Built, CodeRange, Image, AP_STACKS_OFF, AP_STACK_SIZE,
+    CODE16_MAX, CODE16_OFF, CODE16_SLOT, CODE32_MAX, CODE32_OFF, LOAD_ADDR, MAIN_MAX, MAIN_OFF,
+    MAX_APS, TRAMP_GDTR_OFF, VARS_OFF,
 };
 use super::rt::Rt;
 use super::simple::prologue;
@@ -27,6 +28,9 @@ use crate::layout::{pio, LAPIC_ADDR};
 /// memory map (below the command line at 0x20000).
 pub const TRAMPOLINE_ADDR: u64 = 0x1_0000;
 const SIPI_VECTOR: u32 = (TRAMPOLINE_ADDR >> 12) as u32;
+// A SIPI page below 1 MiB, and the copied slot clear of the command line.
+const _: () = assert!(TRAMPOLINE_ADDR.is_multiple_of(0x1000) && TRAMPOLINE_ADDR < 0x10_0000);
+const _: () = assert!(TRAMPOLINE_ADDR + CODE16_SLOT as u64 <= crate::layout::CMDLINE_START);
 
 // Shared variables.
 const AP_COUNT: u64 = addr(VARS_OFF);
@@ -117,7 +121,12 @@ pub(super) fn apic_id() -> Result<Built, GuestError> {
     }
 
     // Wait until the MADT's count has checked in (any number if unknown).
-    let (mut outer, mut inner, mut same, mut done) = (a.create_label(), a.create_label(), a.create_label(), a.create_label());
+    let (mut outer, mut inner, mut same, mut done) = (
+        a.create_label(),
+        a.create_label(),
+        a.create_label(),
+        a.create_label(),
+    );
     let mut unknown = a.create_label();
     a.mov(r13d, u32::MAX)?;
     a.test(r14d, r14d)?;
@@ -208,8 +217,18 @@ pub(super) fn apic_id() -> Result<Built, GuestError> {
         pvh_entry: None,
         code: vec![
             main_range(main.label_ip(&data_start)?),
-            CodeRange { ip: addr(CODE32_OFF), len: code32.len(), bitness: 32, off: CODE32_OFF },
-            CodeRange { ip: 0, len: code16.len(), bitness: 16, off: CODE16_OFF },
+            CodeRange {
+                ip: addr(CODE32_OFF),
+                len: code32.len(),
+                bitness: 32,
+                off: CODE32_OFF,
+            },
+            CodeRange {
+                ip: 0,
+                len: code16.len(),
+                bitness: 16,
+                off: CODE16_OFF,
+            },
         ],
     })
 }
@@ -262,9 +281,15 @@ fn read_rtc_seconds(a: &mut CodeAssembler) -> Result<(), GuestError> {
 fn emit_count_cpus(a: &mut CodeAssembler, entry: &mut CodeLabel) -> Result<(), GuestError> {
     use iced_x86::code_asm::*;
     let mut done = a.create_label();
-    let (mut use_rsdt, mut have_sdt, mut next_table, mut narrow, mut got) =
-        (a.create_label(), a.create_label(), a.create_label(), a.create_label(), a.create_label());
-    let (mut next_entry, mut not_lapic, mut advance) = (a.create_label(), a.create_label(), a.create_label());
+    let (mut use_rsdt, mut have_sdt, mut next_table, mut narrow, mut got) = (
+        a.create_label(),
+        a.create_label(),
+        a.create_label(),
+        a.create_label(),
+        a.create_label(),
+    );
+    let (mut next_entry, mut not_lapic, mut advance) =
+        (a.create_label(), a.create_label(), a.create_label());
 
     a.set_label(entry)?;
     a.xor(r8d, r8d)?;
@@ -358,7 +383,11 @@ fn ap_protected_mode(ap64: u64) -> Result<Vec<u8>, GuestError> {
     a.mov(eax, CR0_LONG)?;
     a.mov(cr0, eax)?;
     let ap64 = u32::try_from(ap64).map_err(|_| GuestError::AddressTooHigh(ap64))?;
-    a.add_instruction(Instruction::with_far_branch(Code::Jmp_ptr1632, sel::KCODE64 as u16, ap64)?)?;
+    a.add_instruction(Instruction::with_far_branch(
+        Code::Jmp_ptr1632,
+        sel::KCODE64 as u16,
+        ap64,
+    )?)?;
     Ok(assemble(&mut a, addr(CODE32_OFF))?.inner.code_buffer)
 }
 
@@ -376,6 +405,10 @@ fn ap_trampoline() -> Result<Vec<u8>, GuestError> {
     a.mov(cr0, eax)?;
     let target = addr(CODE32_OFF);
     let target = u32::try_from(target).map_err(|_| GuestError::AddressTooHigh(target))?;
-    a.add_instruction(Instruction::with_far_branch(Code::Jmp_ptr1632, sel::KCODE32 as u16, target)?)?;
+    a.add_instruction(Instruction::with_far_branch(
+        Code::Jmp_ptr1632,
+        sel::KCODE32 as u16,
+        target,
+    )?)?;
     Ok(assemble(&mut a, 0)?.inner.code_buffer)
 }
