@@ -94,6 +94,12 @@ const SI_MEMMAP: i32 = 0x28;
 const SI_MEMMAP_ENTRIES: i32 = 0x30;
 const SI_MEMMAP_ENTRY_SIZE: u32 = 24;
 
+/// The same kernel without its PVH note, so the VMM enters it through the
+/// Linux 64-bit boot protocol.
+pub(super) fn boot_report_linux64() -> Result<Built, GuestError> {
+    Ok(Built { pvh_entry: None, ..boot_report()? })
+}
+
 pub(super) fn boot_report() -> Result<Built, GuestError> {
     use iced_x86::code_asm::*;
     let p = BOOT_REPORT_PREFIX;

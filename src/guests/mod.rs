@@ -85,7 +85,7 @@ pub enum GuestError {
 
 type Builder = fn() -> Result<image::Built, GuestError>;
 
-const NAMES: [&str; 8] = [
+const NAMES: [&str; 9] = [
     "hello",
     "poweroff",
     "pio-loop",
@@ -94,6 +94,7 @@ const NAMES: [&str; 8] = [
     "triple-fault",
     "unmapped-mmio",
     "boot-report",
+    "boot-report-linux64",
 ];
 
 fn builder(name: &str) -> Option<Builder> {
@@ -106,6 +107,7 @@ fn builder(name: &str) -> Option<Builder> {
         "triple-fault" => simple::triple_fault,
         "unmapped-mmio" => simple::unmapped_mmio,
         "boot-report" => boot_report::boot_report,
+        "boot-report-linux64" => boot_report::boot_report_linux64,
         _ => return None,
     };
     Some(f)
