@@ -47,6 +47,7 @@ mkdir -p "$CACHE/debs" "$CACHE/extract" "$OUT"
 exec 9>"$CACHE/build-guest.lock"
 flock 9
 
+rm -rf "$CACHE"/tmp.*  # left by a killed run (we hold the lock)
 TMP=$(mktemp -d "$CACHE/tmp.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 
@@ -82,7 +83,7 @@ need() {
 # fetch_deb <package>: prints the path of the cached .deb, downloading it once.
 fetch_deb() {
     local pkg=$1 deb
-    deb=$(ls "$CACHE/debs/${pkg}_"*.deb 2>/dev/null | sort -V | tail -n1 || true)
+    deb=$(find "$CACHE/debs" -maxdepth 1 -name "${pkg}_*.deb" | sort -V | tail -n1)
     if [ -z "$deb" ]; then
         log "downloading $pkg"
         mkdir -p "$TMP/dl" && rm -f "$TMP/dl"/*
@@ -280,6 +281,7 @@ cp "$vmlinuz" "$TMP/bzImage"
 echo "$RELEASE" >"$TMP/kernel.release"
 cp "$MODDIR/modules.builtin" "$TMP/modules.builtin"
 # Publish with renames so readers never see half-written files.
+rm -f "$OUT/.stamp"
 for f in bzImage initrd.img kernel.release modules.builtin; do
     mv -f "$TMP/$f" "$OUT/$f"
 done

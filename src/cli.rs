@@ -65,7 +65,7 @@ pub struct VmArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Measure rxvmm (see README "Benchmarks").
+    /// Measure rxvmm: `rxvmm bench kvm` (boot time, peak RSS, exit cost; QEMU side by side).
     Bench(crate::bench::BenchArgs),
     /// Write one of rxvmm's built-in test guests as an ELF kernel.
     Guest {

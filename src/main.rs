@@ -14,7 +14,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Command::Bench(args)) => rxvmm::bench::run(&args).map(|()| exit_code::POWEROFF),
+        Some(Command::Bench(args)) => rxvmm::bench::run(&args).map(|()| exit_code::POWEROFF).map_err(Into::into),
         Some(Command::Guest { name, output, list }) => write_guest(name, output, list).map(|()| exit_code::POWEROFF),
         None => run(&cli.vm),
     };

@@ -8,6 +8,7 @@
 
 pub mod cpu_state;
 pub mod kvm;
+pub mod oracle;
 pub mod tcg;
 
 use std::sync::Arc;

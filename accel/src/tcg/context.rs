@@ -1,0 +1,85 @@
+//! What executing code sees: the CPU state, guest memory through the MMU,
+//! and the port-I/O side of the VMM. Built by the vCPU loop around each
+//! block execution and handed to the interpreter and every helper.
+
+use super::exception::Result;
+use super::mmu::{Access, CodePages, CpuMemory, LinearMemory, Privilege};
+use super::state::X86State;
+use crate::VmOps;
+
+/// Guest memory as executing code needs it beyond plain reads and writes:
+/// instruction-fetch translation (translation blocks are keyed by physical
+/// address), atomic accesses for LOCKed instructions, and TLB maintenance.
+pub trait CpuBus: LinearMemory {
+    /// The guest-physical address of an instruction fetch at `linear`
+    /// (checked for execute permission; may raise #PF).
+    fn translate_code(&mut self, state: &mut X86State, linear: u64) -> Result<u64>;
+    /// Reads code bytes at `linear` into `buf`, stopping at the end of the
+    /// page; returns how many were read.
+    fn fetch_code(&mut self, state: &mut X86State, linear: u64, buf: &mut [u8]) -> Result<usize>;
+    /// Atomically replaces the `size`-byte value at `linear` with
+    /// `op(old)`; returns the old value.
+    fn atomic_rmw(
+        &mut self,
+        state: &mut X86State,
+        linear: u64,
+        size: usize,
+        op: &mut dyn FnMut(u64) -> u64,
+    ) -> Result<u64>;
+    /// Atomically stores `new` at `linear` if it holds `expected`; returns
+    /// the value found (equal to `expected` on success).
+    fn cmpxchg(&mut self, state: &mut X86State, linear: u64, size: usize, expected: u64, new: u64) -> Result<u64>;
+    /// Drops every cached translation (CR3 write, CR0/CR4 paging changes).
+    fn flush_tlb(&mut self);
+    /// Drops the cached translation of the page holding `linear` (INVLPG).
+    fn flush_tlb_page(&mut self, linear: u64);
+}
+
+/// Things a helper asks the vCPU loop to do once the block has returned.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LoopRequests {
+    /// Linear→physical mappings changed: the per-vCPU jump cache (keyed by
+    /// linear PC) must be dropped too.
+    pub tlb_flushed: bool,
+    /// The guest asked for a CPU reset.
+    pub reset: bool,
+}
+
+/// The world of one executing vCPU.
+pub struct CpuContext<'a> {
+    pub state: &'a mut X86State,
+    pub mem: &'a mut dyn CpuBus,
+    /// Port I/O (and nothing else: MMIO goes through `mem`).
+    pub io: &'a dyn VmOps,
+    pub requests: LoopRequests,
+    /// The VM's self-modifying-code map: its generation moving during a
+    /// block means a store may have hit code (checked per instruction).
+    pub code_pages: &'a CodePages,
+}
+
+impl CpuBus for CpuMemory {
+    fn translate_code(&mut self, state: &mut X86State, linear: u64) -> Result<u64> {
+        self.translate(state, linear, Access::Fetch, Privilege::Current)
+    }
+    fn fetch_code(&mut self, state: &mut X86State, linear: u64, buf: &mut [u8]) -> Result<usize> {
+        self.fetch(state, linear, buf)
+    }
+    fn atomic_rmw(
+        &mut self,
+        state: &mut X86State,
+        linear: u64,
+        size: usize,
+        op: &mut dyn FnMut(u64) -> u64,
+    ) -> Result<u64> {
+        CpuMemory::atomic_rmw(self, state, linear, size, op)
+    }
+    fn cmpxchg(&mut self, state: &mut X86State, linear: u64, size: usize, expected: u64, new: u64) -> Result<u64> {
+        CpuMemory::cmpxchg(self, state, linear, size, expected, new).map(|(_, old)| old)
+    }
+    fn flush_tlb(&mut self) {
+        self.flush_all();
+    }
+    fn flush_tlb_page(&mut self, linear: u64) {
+        self.flush_page(linear);
+    }
+}

@@ -1,0 +1,279 @@
+//! The IR interpreter: executes one translation block's ops against a
+//! [`CpuContext`]. Temps live in a small per-vCPU array; guest registers stay
+//! in [`X86State`], read and written by byte offset.
+//!
+//! On a faulting op it applies the IR's precise-exception rule (see
+//! [`super::ir`]): the current instruction committed nothing, so RIP is set
+//! to its `InsnStart` pc and the exception is reported.
+
+use std::mem::{offset_of, size_of};
+
+use super::context::CpuContext;
+use super::exception::Exception;
+use super::flags::CcOp;
+use super::ir::{BinOp, ExtKind, Op, UnOp};
+use super::mmu::{Access, Privilege};
+use super::state::{Msrs, TableReg, X86State};
+
+/// Why a block stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TbExit {
+    /// RIP is stored; find the block for it.
+    Lookup,
+    /// Direct jump to `pc` (RIP stored): a chaining candidate.
+    Goto { slot: u8, pc: u64 },
+    /// An exception at the instruction starting at `pc` (RIP is already
+    /// `pc`); `next_pc` is the return address for software interrupts.
+    Exception { exception: Exception, pc: u64, next_pc: u64 },
+    /// HLT executed; RIP points after it.
+    Halt,
+}
+
+/// The `(start, end)` byte ranges of [`X86State`] that the IR may access:
+/// plain integer fields without padding. `cc_op` is among them because
+/// stores to it are sanitised into a valid [`CcOp`].
+fn env_ranges() -> [(usize, usize); 6] {
+    let gdtr = offset_of!(X86State, gdtr);
+    let idtr = offset_of!(X86State, idtr);
+    let base = offset_of!(TableReg, base);
+    let limit = offset_of!(TableReg, limit);
+    let msr = offset_of!(X86State, msr);
+    [
+        // GPRs, RIP, RFLAGS, cc_*, segment caches, LDTR, TR.
+        (0, gdtr),
+        (gdtr + base, gdtr + base + 8),
+        (gdtr + limit, gdtr + limit + 4),
+        (idtr + base, idtr + base + 8),
+        (idtr + limit, idtr + limit + 4),
+        // CR0..CR8, EFER, XCR0, DR0..7, hflags, then the MSR block.
+        (offset_of!(X86State, cr0), msr + size_of::<Msrs>()),
+    ]
+}
+
+/// Whether an env access of `size` bytes at `offset` stays inside one of the
+/// ranges of [`env_ranges`].
+pub fn env_access_ok(offset: u32, size: usize) -> bool {
+    let start = offset as usize;
+    let Some(end) = start.checked_add(size) else { return false };
+    env_ranges().iter().any(|&(lo, hi)| lo <= start && end <= hi)
+}
+
+/// Checks what [`execute`] relies on: env offsets in bounds, labels defined,
+/// temps below `num_temps`. Returns a description of the first problem.
+pub fn validate(ops: &[Op], num_temps: usize, label_pos: &[usize]) -> Result<(), String> {
+    let temp_ok = |t: &super::ir::Temp| (t.0 as usize) < num_temps;
+    for (i, op) in ops.iter().enumerate() {
+        let ok = match op {
+            Op::LdEnv { dst, offset, size } => temp_ok(dst) && env_access_ok(*offset, size.bytes()),
+            Op::StEnv { src, offset, size } => temp_ok(src) && env_access_ok(*offset, size.bytes()),
+            Op::Br { label } | Op::SetLabel { label } => label_pos.get(label.0 as usize).is_some_and(|&p| p <= ops.len()),
+            Op::BrCond { a, b, label, .. } => {
+                temp_ok(a) && temp_ok(b) && label_pos.get(label.0 as usize).is_some_and(|&p| p <= ops.len())
+            }
+            Op::Movi { dst, .. } => temp_ok(dst),
+            Op::Mov { dst, src } | Op::Un { dst, a: src, .. } | Op::Ext { dst, a: src, .. } => temp_ok(dst) && temp_ok(src),
+            Op::Bin { dst, a, b, .. } | Op::SetCond { dst, a, b, .. } => temp_ok(dst) && temp_ok(a) && temp_ok(b),
+            Op::Select { dst, a, b, t, f, .. } => [dst, a, b, t, f].into_iter().all(temp_ok),
+            Op::Load { dst, addr, .. } => temp_ok(dst) && temp_ok(addr),
+            Op::Store { src, addr, .. } => temp_ok(src) && temp_ok(addr),
+            Op::Call { args, nargs, ret, .. } => {
+                usize::from(*nargs) <= args.len()
+                    && args[..usize::from(*nargs)].iter().all(temp_ok)
+                    && ret.as_ref().is_none_or(temp_ok)
+            }
+            Op::InsnStart { .. } | Op::ExitTb { .. } | Op::GotoTb { .. } => true,
+        };
+        if !ok {
+            return Err(format!("invalid IR op {i}: {op:?}"));
+        }
+    }
+    Ok(())
+}
+
+const CC_OP_OFFSET: u32 = offset_of!(X86State, cc_op) as u32;
+
+fn ld_env(state: &X86State, offset: u32, size: usize) -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: `validate` (run when the block was built) checked that
+    // `offset..offset+size` lies inside plain-integer fields of X86State
+    // without padding, so these bytes are initialised and in bounds.
+    unsafe {
+        let src = (state as *const X86State as *const u8).add(offset as usize);
+        std::ptr::copy_nonoverlapping(src, bytes.as_mut_ptr(), size);
+    }
+    u64::from_le_bytes(bytes)
+}
+
+fn st_env(state: &mut X86State, offset: u32, size: usize, value: u64) {
+    let value = if offset == CC_OP_OFFSET { CcOp::from_u64(value).unwrap_or(CcOp::Eflags) as u64 } else { value };
+    let bytes = value.to_le_bytes();
+    // SAFETY: as in `ld_env`: the range is inside plain-integer fields,
+    // where any bit pattern is valid; `cc_op` was sanitised above.
+    unsafe {
+        let dst = (state as *mut X86State as *mut u8).add(offset as usize);
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, size);
+    }
+}
+
+fn bin(op: BinOp, a: u64, b: u64) -> u64 {
+    match op {
+        BinOp::Add => a.wrapping_add(b),
+        BinOp::Sub => a.wrapping_sub(b),
+        BinOp::Mul => a.wrapping_mul(b),
+        BinOp::And => a & b,
+        BinOp::Or => a | b,
+        BinOp::Xor => a ^ b,
+        BinOp::Shl => a << (b & 63),
+        BinOp::Shr => a >> (b & 63),
+        BinOp::Sar => ((a as i64) >> (b & 63)) as u64,
+        BinOp::Rotl => a.rotate_left((b & 63) as u32),
+        BinOp::Rotr => a.rotate_right((b & 63) as u32),
+        BinOp::MulHu => ((u128::from(a) * u128::from(b)) >> 64) as u64,
+        BinOp::MulHs => ((i128::from(a as i64) * i128::from(b as i64)) >> 64) as u64,
+        // The frontend emits divisions only where it proved them safe; a
+        // zero divisor here is a translator bug, answered without a panic.
+        BinOp::DivU => a.checked_div(b).unwrap_or(0),
+        BinOp::DivS => (a as i64).checked_div(b as i64).unwrap_or(0) as u64,
+        BinOp::RemU => a.checked_rem(b).unwrap_or(0),
+        BinOp::RemS => (a as i64).checked_rem(b as i64).unwrap_or(0) as u64,
+    }
+}
+
+fn un(op: UnOp, a: u64) -> u64 {
+    match op {
+        UnOp::Not => !a,
+        UnOp::Neg => a.wrapping_neg(),
+        UnOp::Bswap16 => u64::from((a as u16).swap_bytes()),
+        UnOp::Bswap32 => u64::from((a as u32).swap_bytes()),
+        UnOp::Bswap64 => a.swap_bytes(),
+        UnOp::Ctz => u64::from(a.trailing_zeros()),
+        UnOp::Clz => u64::from(a.leading_zeros()),
+        UnOp::Popcnt => u64::from(a.count_ones()),
+    }
+}
+
+fn ext(kind: ExtKind, a: u64) -> u64 {
+    match kind {
+        ExtKind::Zext8 => a & 0xff,
+        ExtKind::Zext16 => a & 0xffff,
+        ExtKind::Zext32 => a & 0xffff_ffff,
+        ExtKind::Sext8 => a as i8 as i64 as u64,
+        ExtKind::Sext16 => a as i16 as i64 as u64,
+        ExtKind::Sext32 => a as i32 as i64 as u64,
+    }
+}
+
+/// Runs `ops` (validated by [`validate`] against `temps.len()` and
+/// `label_pos`) until the block exits.
+pub fn execute(ctx: &mut CpuContext<'_>, ops: &[Op], label_pos: &[usize], temps: &mut [u64]) -> TbExit {
+    let mut insn_pc = ctx.state.rip;
+    let mut insn_len = 0u8;
+    let mut i = 0usize;
+    // Self-modifying code: a store (or helper) that hit a page holding
+    // translated code bumps the generation; this block may be stale from
+    // the next instruction on, so it stops there.
+    let code_generation = ctx.code_pages.generation();
+    let mut wrote = false;
+    // Temps and labels were validated by `validate`: indexing is in bounds.
+    macro_rules! t {
+        ($t:expr) => {
+            temps[$t.0 as usize]
+        };
+    }
+    let fault = |exception: Exception, pc: u64, len: u8| TbExit::Exception {
+        exception,
+        pc,
+        next_pc: pc.wrapping_add(u64::from(len)),
+    };
+    while let Some(op) = ops.get(i) {
+        i += 1;
+        match *op {
+            Op::InsnStart { pc, len } => {
+                if wrote {
+                    wrote = false;
+                    if ctx.code_pages.generation() != code_generation {
+                        ctx.state.rip = pc;
+                        return TbExit::Lookup;
+                    }
+                }
+                insn_pc = pc;
+                insn_len = len;
+            }
+            Op::Movi { dst, imm } => t!(dst) = imm,
+            Op::Mov { dst, src } => t!(dst) = t!(src),
+            Op::Bin { op, dst, a, b } => t!(dst) = bin(op, t!(a), t!(b)),
+            Op::Un { op, dst, a } => t!(dst) = un(op, t!(a)),
+            Op::Ext { kind, dst, a } => t!(dst) = ext(kind, t!(a)),
+            Op::SetCond { cond, dst, a, b } => t!(dst) = u64::from(cond.eval(t!(a), t!(b))),
+            Op::Select { cond, dst, a, b, t, f } => t!(dst) = if cond.eval(t!(a), t!(b)) { t!(t) } else { t!(f) },
+            Op::LdEnv { dst, offset, size } => t!(dst) = ld_env(ctx.state, offset, size.bytes()),
+            Op::StEnv { src, offset, size } => st_env(ctx.state, offset, size.bytes(), t!(src)),
+            Op::Load { dst, addr, size, sign } => {
+                match ctx.mem.read(ctx.state, t!(addr), size.bytes(), Access::Read, Privilege::Current) {
+                    Ok(v) => {
+                        t!(dst) = if sign {
+                            let shift = 64 - 8 * size.bytes() as u32;
+                            (((v << shift) as i64) >> shift) as u64
+                        } else {
+                            v
+                        }
+                    }
+                    Err(e) => {
+                        ctx.state.rip = insn_pc;
+                        return fault(e, insn_pc, insn_len);
+                    }
+                }
+            }
+            Op::Store { src, addr, size } => {
+                wrote = true;
+                if let Err(e) = ctx.mem.write(ctx.state, t!(addr), size.bytes(), t!(src), Privilege::Current) {
+                    ctx.state.rip = insn_pc;
+                    return fault(e, insn_pc, insn_len);
+                }
+            }
+            Op::Call { helper, ref args, nargs, ret } => {
+                wrote = true;
+                let n = usize::from(nargs);
+                let mut values = [0u64; super::ir::MAX_HELPER_ARGS];
+                for (v, a) in values.iter_mut().zip(&args[..n]) {
+                    *v = t!(a);
+                }
+                match (helper.func)(ctx, &values[..n]) {
+                    Ok(v) => {
+                        if let Some(r) = ret {
+                            t!(r) = v;
+                        }
+                    }
+                    Err(e) => {
+                        ctx.state.rip = insn_pc;
+                        return fault(e, insn_pc, insn_len);
+                    }
+                }
+            }
+            Op::Br { label } => i = label_pos[label.0 as usize],
+            Op::BrCond { cond, a, b, label } => {
+                if cond.eval(t!(a), t!(b)) {
+                    i = label_pos[label.0 as usize];
+                }
+            }
+            Op::SetLabel { .. } => {}
+            Op::ExitTb { kind } => {
+                return match kind {
+                    super::ir::ExitKind::Lookup => TbExit::Lookup,
+                    super::ir::ExitKind::Halt => TbExit::Halt,
+                    super::ir::ExitKind::Raise(e) => {
+                        ctx.state.rip = insn_pc;
+                        fault(e, insn_pc, insn_len)
+                    }
+                };
+            }
+            Op::GotoTb { slot, pc } => {
+                ctx.state.rip = pc;
+                return TbExit::Goto { slot, pc };
+            }
+        }
+    }
+    // A block always ends in an exit; running off the end means the
+    // translator forgot one. Continue at the stored RIP.
+    TbExit::Lookup
+}

@@ -1,0 +1,263 @@
+//! Shifts and rotates: SHL/SAL SHR SAR ROL ROR RCL RCR SHLD SHRD.
+//!
+//! A masked count of 0 leaves the flags alone, so counts from CL branch
+//! around the flag update (and leave `cc_op` statically unknown).
+
+use iced_x86::{ConditionCode, Instruction, Mnemonic, OpKind};
+
+use super::builder::{operand_size, IrBuilder, Loc};
+use super::Lowered;
+use crate::tcg::context::CpuContext;
+use crate::tcg::exception::Exception;
+use crate::tcg::flags::{CcFamily, OpSize};
+use crate::tcg::ir::{BinOp, Cond, Helper, StateParts, Temp};
+use crate::tcg::state::rflags as rf;
+
+/// The masked shift count: an immediate (Some) or a temp from CL.
+enum Count {
+    Const(u64),
+    Dynamic(Temp),
+}
+
+fn count(b: &mut IrBuilder, insn: &Instruction, n: u32, size: OpSize) -> Option<Count> {
+    let mask = if size == OpSize::B8 { 0x3f } else { 0x1f };
+    Some(match insn.try_op_kind(n).ok()? {
+        OpKind::Register => {
+            let cl = b.read_reg(insn.try_op_register(n).ok()?);
+            Count::Dynamic(b.bini(BinOp::And, cl, mask))
+        }
+        _ => Count::Const(insn.try_immediate(n).ok()? & mask),
+    })
+}
+
+pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
+    let Some(size) = operand_size(insn, 0) else { return Lowered::Unsupported };
+    let Some(dst) = b.loc(insn, 0) else { return Lowered::Unsupported };
+    let m = insn.mnemonic();
+    let n = if matches!(m, Mnemonic::Shld | Mnemonic::Shrd) { 2 } else { 1 };
+    let c = if insn.op_count() <= n {
+        Count::Const(1)
+    } else {
+        let Some(c) = count(b, insn, n, size) else { return Lowered::Unsupported };
+        c
+    };
+    if let Count::Const(0) = c {
+        // No flags change; a 32-bit register destination is still written.
+        if let Loc::Reg(r) = dst {
+            let v = b.read_reg(r);
+            b.write_reg(r, v);
+        }
+        return Lowered::Next;
+    }
+    let a = b.read_loc(dst, size);
+    let cnt = match c {
+        Count::Const(k) => b.movi(k),
+        Count::Dynamic(t) => t,
+    };
+    let skip_flags = b.label();
+    let result = match m {
+        Mnemonic::Shl | Mnemonic::Sal | Mnemonic::Shr | Mnemonic::Sar => {
+            let (r, src) = plain_shift(b, m, size, a, cnt);
+            b.write_loc(dst, size, r);
+            flag_guard(b, &c, cnt, skip_flags);
+            let family = if matches!(m, Mnemonic::Shl | Mnemonic::Sal) { CcFamily::Shl } else { CcFamily::Sar };
+            b.set_cc(family, size, r, Some(src), None);
+            r
+        }
+        Mnemonic::Rol | Mnemonic::Ror => {
+            let r = rotate(b, m == Mnemonic::Rol, size, a, cnt);
+            b.write_loc(dst, size, r);
+            flag_guard(b, &c, cnt, skip_flags);
+            rotate_flags(b, m == Mnemonic::Rol, size, r);
+            r
+        }
+        Mnemonic::Rcl | Mnemonic::Rcr => {
+            let mode = b.movi(size as u64 | if m == Mnemonic::Rcl { 0x100 } else { 0 });
+            let r = b.call(&RCX_RESULT, &[a, cnt, mode]);
+            b.write_loc(dst, size, r);
+            flag_guard(b, &c, cnt, skip_flags);
+            b.call(&RCX_FLAGS, &[a, cnt, mode]);
+            r
+        }
+        Mnemonic::Shld | Mnemonic::Shrd => {
+            let Some(src) = b.read_operand(insn, 1, size) else { return Lowered::Unsupported };
+            let mode = b.movi(size as u64 | if m == Mnemonic::Shld { 0x100 } else { 0 });
+            let r = b.call(&DOUBLE_SHIFT, &[a, src, cnt, mode]);
+            let prev_cnt = b.bini(BinOp::Sub, cnt, 1);
+            let prev = b.call(&DOUBLE_SHIFT, &[a, src, prev_cnt, mode]);
+            b.write_loc(dst, size, r);
+            flag_guard(b, &c, cnt, skip_flags);
+            let family = if m == Mnemonic::Shld { CcFamily::Shl } else { CcFamily::Sar };
+            b.set_cc(family, size, r, Some(prev), None);
+            r
+        }
+        _ => return Lowered::Unsupported,
+    };
+    let _ = result;
+    b.set_label(skip_flags);
+    if let Count::Dynamic(_) = c {
+        b.cc_known = None;
+    }
+    Lowered::Next
+}
+
+/// Branches to `skip` when a dynamic count is zero.
+fn flag_guard(b: &mut IrBuilder, c: &Count, cnt: Temp, skip: crate::tcg::ir::Label) {
+    if let Count::Dynamic(_) = c {
+        let zero = b.movi(0);
+        b.brcond(Cond::Eq, cnt, zero, skip);
+    }
+}
+
+/// SHL/SHR/SAR by `cnt` (1..=63): (result, operand shifted by cnt-1).
+fn plain_shift(b: &mut IrBuilder, m: Mnemonic, size: OpSize, a: Temp, cnt: Temp) -> (Temp, Temp) {
+    let one = b.movi(1);
+    let prev = b.bin(BinOp::Sub, cnt, one);
+    match m {
+        Mnemonic::Shl | Mnemonic::Sal => {
+            let r = b.bin(BinOp::Shl, a, cnt);
+            let s = b.bin(BinOp::Shl, a, prev);
+            (b.zext(size, r), b.zext(size, s))
+        }
+        Mnemonic::Shr => (b.bin(BinOp::Shr, a, cnt), b.bin(BinOp::Shr, a, prev)),
+        _ => {
+            let sa = b.sext(size, a);
+            let r = b.bin(BinOp::Sar, sa, cnt);
+            let s = b.bin(BinOp::Sar, sa, prev);
+            (b.zext(size, r), b.zext(size, s))
+        }
+    }
+}
+
+/// Rotate within `size` bits by `cnt` (taken modulo the width).
+fn rotate(b: &mut IrBuilder, left: bool, size: OpSize, a: Temp, cnt: Temp) -> Temp {
+    let bits = u64::from(size.bits());
+    if bits == 64 {
+        return b.bin(if left { BinOp::Rotl } else { BinOp::Rotr }, a, cnt);
+    }
+    let c = b.bini(BinOp::And, cnt, bits - 1);
+    let w = b.movi(bits);
+    let back = b.bin(BinOp::Sub, w, c);
+    let back = b.bini(BinOp::And, back, bits - 1);
+    let (x, y) = if left {
+        (b.bin(BinOp::Shl, a, c), b.bin(BinOp::Shr, a, back))
+    } else {
+        (b.bin(BinOp::Shr, a, c), b.bin(BinOp::Shl, a, back))
+    };
+    let r = b.bin(BinOp::Or, x, y);
+    b.zext(size, r)
+}
+
+/// ROL: CF = bit 0, OF = MSB ^ CF. ROR: CF = MSB, OF = MSB ^ MSB-1.
+/// Other flags are kept, so RFLAGS is materialised.
+fn rotate_flags(b: &mut IrBuilder, left: bool, size: OpSize, r: Temp) {
+    let f = b.rflags();
+    let f = b.bini(BinOp::And, f, !(rf::CF | rf::OF));
+    let top = u64::from(size.bits() - 1);
+    let msb = b.bini(BinOp::Shr, r, top);
+    let msb = b.bini(BinOp::And, msb, 1);
+    let (cf, other) = if left {
+        (b.bini(BinOp::And, r, 1), msb)
+    } else {
+        let next = b.bini(BinOp::Shr, r, top - 1);
+        (msb, b.bini(BinOp::And, next, 1))
+    };
+    let of = if left { b.bin(BinOp::Xor, msb, cf) } else { b.bin(BinOp::Xor, msb, other) };
+    let of = b.bini(BinOp::Shl, of, 11);
+    let f = b.bin(BinOp::Or, f, cf);
+    let f = b.bin(BinOp::Or, f, of);
+    b.set_rflags(f);
+    let _ = ConditionCode::None;
+}
+
+fn arg(args: &[u64], i: usize) -> u64 {
+    args.get(i).copied().unwrap_or(0)
+}
+
+fn mode(args: &[u64], i: usize) -> (OpSize, bool) {
+    let m = arg(args, i);
+    (OpSize::from_bytes((m & 0xff) as usize).unwrap_or(OpSize::B8), m & 0x100 != 0)
+}
+
+/// RCL/RCR through CF: returns (result, new CF).
+fn rotate_through_carry(a: u64, cnt: u64, size: OpSize, left: bool, cf: bool) -> (u64, bool) {
+    let bits = u64::from(size.bits());
+    let n = match size {
+        OpSize::B1 => cnt % 9,
+        OpSize::B2 => cnt % 17,
+        _ => cnt,
+    };
+    let (mut v, mut c) = (a & size.mask(), cf);
+    for _ in 0..n {
+        if left {
+            let out = v >> (bits - 1) & 1 != 0;
+            v = ((v << 1) | u64::from(c)) & size.mask();
+            c = out;
+        } else {
+            let out = v & 1 != 0;
+            v = (v >> 1) | (u64::from(c) << (bits - 1));
+            c = out;
+        }
+    }
+    (v, c)
+}
+
+fn helper_rcx_result(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exception> {
+    let (size, left) = mode(args, 2);
+    let cf = super::cc::current_rflags(ctx.state) & rf::CF != 0;
+    Ok(rotate_through_carry(arg(args, 0), arg(args, 1), size, left, cf).0)
+}
+
+fn helper_rcx_flags(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exception> {
+    let (size, left) = mode(args, 2);
+    let f = super::cc::current_rflags(ctx.state);
+    let (r, c) = rotate_through_carry(arg(args, 0), arg(args, 1), size, left, f & rf::CF != 0);
+    let msb = r >> (size.bits() - 1) & 1 != 0;
+    let of = if left { msb ^ c } else { msb ^ (r >> (size.bits() - 2) & 1 != 0) };
+    let mut f = f & !(rf::CF | rf::OF);
+    if c {
+        f |= rf::CF;
+    }
+    if of {
+        f |= rf::OF;
+    }
+    ctx.state.rflags = f;
+    ctx.state.cc_op = crate::tcg::flags::CcOp::Eflags;
+    Ok(0)
+}
+
+/// SHLD/SHRD of `args[0]` with bits from `args[1]` by `args[2]` (< width).
+fn helper_double_shift(_: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exception> {
+    let (size, left) = mode(args, 3);
+    let bits = size.bits();
+    let (d, s, c) = (arg(args, 0) & size.mask(), arg(args, 1) & size.mask(), (arg(args, 2) as u32) % 64);
+    if c == 0 {
+        return Ok(d);
+    }
+    // 16-bit counts above 16 are undefined; a 128-bit window keeps it total.
+    let wide = if left { (u128::from(d) << bits) | u128::from(s) } else { (u128::from(s) << bits) | u128::from(d) };
+    let r = if left { (wide << c) >> bits } else { wide >> c };
+    Ok(r as u64 & size.mask())
+}
+
+static RCX_RESULT: Helper = Helper {
+    name: "rcl_rcr",
+    func: helper_rcx_result,
+    may_fault: false,
+    reads: StateParts::FLAGS,
+    writes: StateParts::NONE,
+};
+static RCX_FLAGS: Helper = Helper {
+    name: "rcl_rcr_flags",
+    func: helper_rcx_flags,
+    may_fault: false,
+    reads: StateParts::FLAGS,
+    writes: StateParts::FLAGS,
+};
+static DOUBLE_SHIFT: Helper = Helper {
+    name: "shld_shrd",
+    func: helper_double_shift,
+    may_fault: false,
+    reads: StateParts::NONE,
+    writes: StateParts::NONE,
+};

@@ -1,0 +1,91 @@
+//! QEMU microvm as the reference VMM for `bench kvm`: finding it and its
+//! command line. The bench never installs it.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::child::ChildSpec;
+use super::host;
+use crate::guests;
+use crate::layout::pio;
+
+const QEMU: &str = "qemu-system-x86_64";
+const QEMU_INSTALL: &str = "apt-get install qemu-system-x86";
+/// How long QEMU may run on after the last marker before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// Which QEMU to compare with.
+#[derive(Debug, Clone)]
+pub enum QemuChoice {
+    /// `qemu-system-x86_64` from `$PATH`, if installed.
+    Search,
+    Path(PathBuf),
+    Off,
+}
+
+/// The QEMU binary, or why there is none (said on stderr too, with how to
+/// install it).
+pub fn find(choice: &QemuChoice) -> Result<PathBuf, String> {
+    match choice {
+        QemuChoice::Off => Err("--no-qemu".into()),
+        QemuChoice::Path(p) => Ok(p.clone()),
+        QemuChoice::Search => host::find_in_path(QEMU).ok_or_else(|| {
+            eprintln!(
+                "rxvmm bench: {QEMU} not found, skipping the QEMU comparison; \
+                 to add it: {QEMU_INSTALL}"
+            );
+            format!("{QEMU} not installed (Debian: `{QEMU_INSTALL}`)")
+        }),
+    }
+}
+
+/// QEMU microvm running `kernel` (a PVH ELF) with the serial console on
+/// stdio. microvm has no device at the ACPI power port the guests write to
+/// power off, so isa-debug-exit sits there and QEMU exits with
+/// [`poweroff_code`]; should it not exit, the run is killed after the last
+/// marker.
+pub fn spec(
+    qemu: &Path,
+    kernel: &Path,
+    mem_mib: u32,
+    markers: Vec<String>,
+    timeout: Duration,
+) -> ChildSpec {
+    let mem = mem_mib.to_string();
+    let exit_dev = format!("isa-debug-exit,iobase={:#x},iosize=1", pio::ACPI_POWER);
+    let args = [
+        "-accel",
+        "kvm",
+        "-M",
+        "microvm",
+        "-m",
+        &mem,
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-device",
+        &exit_dev,
+        "-kernel",
+    ];
+    let mut args: Vec<OsString> = args.iter().map(OsString::from).collect();
+    args.push(kernel.into());
+    ChildSpec {
+        program: qemu.to_owned(),
+        args,
+        markers,
+        timeout,
+        exit_grace: EXIT_GRACE,
+    }
+}
+
+/// QEMU's exit code for the guests' power-off write through isa-debug-exit.
+pub fn poweroff_code() -> i32 {
+    (i32::from(guests::ACPI_S5_VALUE) << 1) | 1
+}
