@@ -3,9 +3,10 @@
 //! guest memory through raw pointers.
 //!
 //! Guest memory is shared with other vCPU threads and devices, so every
-//! access is atomic or volatile, never a plain Rust read or write. Naturally
-//! aligned 1/2/4/8-byte accesses are single atomic operations (x86 promises
-//! the guest that), anything else is copied bytewise. The Rust memory model
+//! access is atomic or volatile, never a plain Rust read or write (through
+//! vm-memory's `VolatileSlice` over the frame). Naturally aligned
+//! 1/2/4/8-byte accesses are single atomic operations (x86 promises the
+//! guest that), anything else is copied bytewise. The Rust memory model
 //! forbids mixing atomic sizes on one location; guest memory can't honour
 //! that (the guest decides), and x86-64 hardware is coherent for mixed
 //! sizes — the same stance vm-memory's `get_atomic_ref` takes.
@@ -13,7 +14,7 @@
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
-use vm_memory::VolatileSlice;
+use vm_memory::{Bytes, VolatileMemory, VolatileSlice};
 
 use super::walker::PAGE_SIZE;
 
@@ -64,32 +65,37 @@ impl HostPage {
 
     /// Loads a little-endian `size`-byte value (1..=8); atomic when aligned.
     pub(crate) fn load(&self, off: usize, size: usize) -> Option<u64> {
-        let ptr = self.at(off, size)?;
-        // SAFETY (all arms): `ptr..ptr + size` is in the mapped page (`at`)
-        // and aligned for the atomic type (the match guard).
-        Some(match size {
-            1 => u64::from(unsafe { AtomicU8::from_ptr(ptr) }.load(Ordering::Relaxed)),
-            2 if aligned(ptr, 2) => u64::from(unsafe { AtomicU16::from_ptr(ptr.cast()) }.load(Ordering::Relaxed)),
-            4 if aligned(ptr, 4) => u64::from(unsafe { AtomicU32::from_ptr(ptr.cast()) }.load(Ordering::Relaxed)),
-            8 if aligned(ptr, 8) => unsafe { AtomicU64::from_ptr(ptr.cast()) }.load(Ordering::Relaxed),
-            _ => {
-                let mut buf = [0u8; 8];
-                self.read(off, buf.get_mut(..size)?);
-                u64::from_le_bytes(buf)
-            }
-        })
+        if size > 8 {
+            return None;
+        }
+        let s = self.slice(off, size)?;
+        // vm-memory's `load` is one atomic access, and fails when misaligned.
+        let atomic = match size {
+            1 => s.load::<u8>(0, Ordering::Relaxed).ok().map(u64::from),
+            2 => s.load::<u16>(0, Ordering::Relaxed).ok().map(u64::from),
+            4 => s.load::<u32>(0, Ordering::Relaxed).ok().map(u64::from),
+            8 => s.load::<u64>(0, Ordering::Relaxed).ok(),
+            _ => None,
+        };
+        Some(atomic.unwrap_or_else(|| {
+            let mut buf = [0u8; 8];
+            s.copy_to(&mut buf[..size]);
+            u64::from_le_bytes(buf)
+        }))
     }
 
     /// Stores the low `size` bytes (1..=8) of `value`; atomic when aligned.
     pub(crate) fn store(&self, off: usize, size: usize, value: u64) -> bool {
-        let Some(ptr) = self.at(off, size) else { return false };
-        // SAFETY (all arms): as in `load`.
-        match size {
-            1 => unsafe { AtomicU8::from_ptr(ptr) }.store(value as u8, Ordering::Relaxed),
-            2 if aligned(ptr, 2) => unsafe { AtomicU16::from_ptr(ptr.cast()) }.store(value as u16, Ordering::Relaxed),
-            4 if aligned(ptr, 4) => unsafe { AtomicU32::from_ptr(ptr.cast()) }.store(value as u32, Ordering::Relaxed),
-            8 if aligned(ptr, 8) => unsafe { AtomicU64::from_ptr(ptr.cast()) }.store(value, Ordering::Relaxed),
-            _ => return value.to_le_bytes().get(..size).is_some_and(|bytes| self.write(off, bytes)),
+        let Some(s) = self.slice(off, size).filter(|_| size <= 8) else { return false };
+        let atomic = match size {
+            1 => s.store(value as u8, 0, Ordering::Relaxed).is_ok(),
+            2 => s.store(value as u16, 0, Ordering::Relaxed).is_ok(),
+            4 => s.store(value as u32, 0, Ordering::Relaxed).is_ok(),
+            8 => s.store(value, 0, Ordering::Relaxed).is_ok(),
+            _ => false,
+        };
+        if !atomic {
+            s.copy_from(&value.to_le_bytes()[..size]);
         }
         true
     }
@@ -102,18 +108,16 @@ impl HostPage {
     /// boundary) or 16-byte compare-exchange is unavailable: the caller falls
     /// back to its lock.
     pub(crate) fn rmw(&self, off: usize, size: usize, f: &mut dyn FnMut(u128) -> u128) -> Option<u128> {
-        let ptr = self.at(off, size)?;
-        let addr = ptr as usize;
+        let addr = self.at(off, size)? as usize;
         let width = [1usize, 2, 4, 8, 16].into_iter().find(|&w| w >= size && addr % w + size <= w)?;
         let shift = (addr % width) * 8;
-        let win_off = off.checked_sub(addr % width)?;
-        let win = self.at(win_off, width)?;
+        let window = self.slice(off.checked_sub(addr % width)?, width)?;
         let mask = if size >= 16 { u128::MAX } else { (1u128 << (size * 8)) - 1 };
-        let mut cur = load_window(win, width)?;
+        let mut cur = load_window(&window, width)?;
         loop {
             let old = (cur >> shift) & mask;
             let new = (cur & !(mask << shift)) | ((f(old) & mask) << shift);
-            match cas_window(win, width, cur, new)? {
+            match cas_window(&window, width, cur, new)? {
                 Ok(()) => return Some(old),
                 Err(seen) => cur = seen,
             }
@@ -121,56 +125,47 @@ impl HostPage {
     }
 }
 
-fn aligned(ptr: *mut u8, align: usize) -> bool {
-    (ptr as usize).is_multiple_of(align)
-}
-
-/// A (possibly torn, for 16 bytes) read of a window: only the first guess
-/// of a compare-exchange loop, which validates it.
-fn load_window(ptr: *mut u8, width: usize) -> Option<u128> {
-    // SAFETY (all arms): callers pass a pointer inside a mapped guest page
-    // with `width` bytes after it, aligned to `width`.
-    Some(match width {
-        1 => u128::from(unsafe { AtomicU8::from_ptr(ptr) }.load(Ordering::Relaxed)),
-        2 => u128::from(unsafe { AtomicU16::from_ptr(ptr.cast()) }.load(Ordering::Relaxed)),
-        4 => u128::from(unsafe { AtomicU32::from_ptr(ptr.cast()) }.load(Ordering::Relaxed)),
-        8 => u128::from(unsafe { AtomicU64::from_ptr(ptr.cast()) }.load(Ordering::Relaxed)),
-        16 => {
-            let lo = unsafe { AtomicU64::from_ptr(ptr.cast()) }.load(Ordering::Relaxed);
-            let hi = unsafe { AtomicU64::from_ptr(ptr.wrapping_add(8).cast()) }.load(Ordering::Relaxed);
-            (u128::from(hi) << 64) | u128::from(lo)
-        }
-        _ => return None,
-    })
+/// A (possibly torn, for 16 bytes) read of a naturally aligned window: only
+/// the first guess of a compare-exchange loop, which validates it.
+fn load_window(w: &VolatileSlice<'_>, width: usize) -> Option<u128> {
+    let r = Ordering::Relaxed;
+    match width {
+        1 => w.load::<u8>(0, r).ok().map(u128::from),
+        2 => w.load::<u16>(0, r).ok().map(u128::from),
+        4 => w.load::<u32>(0, r).ok().map(u128::from),
+        8 => w.load::<u64>(0, r).ok().map(u128::from),
+        16 => Some(u128::from(w.load::<u64>(0, r).ok()?) | u128::from(w.load::<u64>(8, r).ok()?) << 64),
+        _ => None,
+    }
 }
 
 /// Compare-exchange of a naturally aligned window: `Ok` if it held `old`
 /// (now `new`), else the value seen. `None` if not possible on this host.
-fn cas_window(ptr: *mut u8, width: usize, old: u128, new: u128) -> Option<Result<(), u128>> {
+fn cas_window(w: &VolatileSlice<'_>, width: usize, old: u128, new: u128) -> Option<Result<(), u128>> {
     macro_rules! cas {
-        ($atomic:ty, $int:ty) => {{
-            // SAFETY: as in `load_window`.
-            let atomic = unsafe { <$atomic>::from_ptr(ptr.cast()) };
-            atomic
+        ($atomic:ty, $int:ty) => {
+            w.get_atomic_ref::<$atomic>(0)
+                .ok()?
                 .compare_exchange(old as $int, new as $int, Ordering::SeqCst, Ordering::SeqCst)
                 .map(drop)
                 .map_err(u128::from)
-        }};
+        };
     }
     Some(match width {
         1 => cas!(AtomicU8, u8),
         2 => cas!(AtomicU16, u16),
         4 => cas!(AtomicU32, u32),
         8 => cas!(AtomicU64, u64),
-        16 => return cmpxchg16b(ptr, old, new),
+        16 => return cmpxchg16b(w.ptr_guard_mut().as_ptr(), old, new),
         _ => return None,
     })
 }
 
-/// `LOCK CMPXCHG16B` (Rust has no stable `AtomicU128`).
+/// `LOCK CMPXCHG16B` (Rust has no stable `AtomicU128`). `ptr` must point
+/// to 16 bytes of mapped guest RAM.
 #[cfg(target_arch = "x86_64")]
 fn cmpxchg16b(ptr: *mut u8, old: u128, new: u128) -> Option<Result<(), u128>> {
-    if !std::arch::is_x86_feature_detected!("cmpxchg16b") || !aligned(ptr, 16) {
+    if !std::arch::is_x86_feature_detected!("cmpxchg16b") || !(ptr as usize).is_multiple_of(16) {
         return None;
     }
     let (prev_lo, prev_hi): (u64, u64);

@@ -34,6 +34,8 @@ use super::state::X86State;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     Read,
+    /// A write, or the read half of a read-modify-write (checked for write
+    /// permission and sets the dirty bit, as the CPU does).
     Write,
     Fetch,
 }

@@ -156,3 +156,27 @@ fn code_page_map_bounds() {
     pages.sort_unstable();
     assert_eq!(pages, vec![0, 99]);
 }
+
+#[test]
+fn host_page_windows() {
+    use crate::tcg::mmu::host::HostPage;
+    let vm = Vm::new();
+    let ptr = std::ptr::NonNull::new(vm.phys().ram_page(0x30_0000).unwrap()).unwrap();
+    // SAFETY: the frame is in `vm.mem`, which outlives `page`.
+    let page = unsafe { HostPage::new(ptr) };
+    let mut inc = |v: u128| v + 1;
+    // Inside a naturally aligned 1/2/4/8/16-byte window: lock-free.
+    for (off, size) in [(0, 1), (2, 2), (5, 2), (0x13, 4), (0x21, 8), (0xff8, 8), (0x30, 16)] {
+        assert_eq!(page.rmw(off, size, &mut inc), Some(0), "off {off:#x} size {size}");
+    }
+    assert_eq!(vm.r64(0x30_0020), 0x100);
+    // Straddling 16 bytes, or leaving the page: the caller's lock.
+    assert_eq!(page.rmw(0x1e, 4, &mut inc), None);
+    assert_eq!(page.rmw(0xffe, 4, &mut inc), None);
+    assert_eq!(page.load(0xffd, 4), None);
+    assert!(!page.store(0x1000, 1, 0));
+    // Unaligned plain accesses.
+    assert!(page.store(0x101, 8, 0x0102_0304_0506_0708));
+    assert_eq!(page.load(0x101, 8), Some(0x0102_0304_0506_0708));
+    assert_eq!(page.load(0x102, 2), Some(0x0607));
+}
