@@ -38,8 +38,8 @@ impl std::fmt::Display for AccelKind {
 pub enum Error {
     #[error("KVM: {0}")]
     Kvm(#[from] kvm::KvmError),
-    #[error("the TCG engine is not built yet; use --accel kvm on a KVM host")]
-    TcgNotBuilt,
+    #[error("TCG: {0}")]
+    Tcg(#[from] tcg::TcgError),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

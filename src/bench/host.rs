@@ -69,3 +69,10 @@ pub fn version_line(program: &Path) -> Option<String> {
         .map(|l| l.trim().to_owned())
         .filter(|l| !l.is_empty())
 }
+
+/// The 1-minute load average: other work on the host inflates wall-clock
+/// figures (not CPU times), so the report shows it.
+pub fn load_average() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().next().map(str::to_owned)
+}

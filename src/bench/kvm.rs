@@ -24,6 +24,8 @@ const MEM_MIB: u32 = 64;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(10);
 /// 100,000 exits take about a second under PVM; allow for a slow host.
 const LOOP_TIMEOUT: Duration = Duration::from_secs(120);
+const RSS_FLOOR_NOTE: &str = "ru_maxrss of /bin/true spawned the same way (exec folds the forked \
+                              spawner's RSS into ru_maxrss, so no RSS figure here can be lower)";
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -99,6 +101,7 @@ pub fn run(opts: &Options) -> Result<(Report, bool), BenchError> {
         return Err(BenchError::NoKvm(why.clone()));
     }
     let qemu = qemu::find(&opts.qemu);
+    let load_before = host::load_average();
     let mut b = Bench {
         exe: std::env::current_exe().map_err(BenchError::CurrentExe)?,
         dir: GuestDir::create()?,
@@ -115,10 +118,14 @@ pub fn run(opts: &Options) -> Result<(Report, bool), BenchError> {
     b.exit_loops(host.kvm == KvmHost::Pvm)?;
     b.boot_report(&qemu)?;
 
+    if let (Some(before), Some(after)) = (load_before, host::load_average()) {
+        let note = "1-minute load average before and after; other work on the host inflates \
+                    wall-clock figures, not the CPU-time rows";
+        b.report
+            .fact("load", "Host load", format!("{before} → {after} ({note})"));
+    }
     if let Some(kib) = spawn_floor_kib() {
-        let why =
-            "ru_maxrss of /bin/true spawned the same way (exec folds the forked spawner's RSS \
-                   into ru_maxrss, so no RSS figure here can be lower)";
+        let why = RSS_FLOOR_NOTE;
         b.report
             .fact("rss_floor_kib", "RSS floor", format!("{kib} KiB, {why}"));
     }
@@ -478,9 +485,17 @@ fn boot_rows(
             }),
         _ => None,
     };
-    let exit = match unclean {
-        Some(why) => Outcome::Skipped(why),
-        None => series.outcome(|r| r.exited_after.map(ms)),
+    // Per run, so the spread is the wind-down's own.
+    let after_last = |r: &ChildRun| {
+        let last = r.marks.last().copied().flatten()?;
+        Some(ms(r.exited_after?.saturating_sub(last)))
+    };
+    let (exit, teardown) = match unclean {
+        Some(why) => (Outcome::Skipped(why.clone()), Outcome::Skipped(why)),
+        None => (
+            series.outcome(|r| r.exited_after.map(ms)),
+            series.outcome(after_last),
+        ),
     };
     report.row(
         format!("{id}.exit"),
@@ -488,6 +503,9 @@ fn boot_rows(
         Unit::Ms,
         exit,
     );
+    let last = markers.last().map_or("start", |m| m.name);
+    let label = format!("{who}: {last} → exit (wind-down, teardown)");
+    report.row(format!("{id}.teardown"), label, Unit::Ms, teardown);
     let rss = series.outcome(|r| Some(r.max_rss_kib as f64));
     report.row(
         format!("{id}.rss"),

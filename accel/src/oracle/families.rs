@@ -142,11 +142,13 @@ fn host_has(feature: CpuidFeature) -> bool {
 
 fn form(code: Code) -> Option<Form> {
     let op = code.op_code();
+    let mut probe = Instruction::default();
+    probe.set_code(code);
     if !op.is_instruction()
         || !op.mode64()
         || op.encoding() != EncodingKind::Legacy
         || EXCLUDED.contains(&code)
-        || !Instruction::with(code).cpuid_features().iter().all(|f| host_has(*f))
+        || !probe.cpuid_features().iter().all(|f| host_has(*f))
     {
         return None;
     }

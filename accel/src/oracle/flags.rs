@@ -142,14 +142,21 @@ pub(crate) fn decode(code: &[u8]) -> Vec<Instruction> {
 
 /// The RFLAGS bits (architectural encoding) that may be undefined when a
 /// run of `code` (loaded at [`CODE`]) stops at `end_offset`. All tracked
-/// flags if `end_offset` is not the start of an instruction.
+/// flags if `end_offset` is not the start of a reachable instruction.
 pub fn undefined_flags_mask(code: &[u8], end_offset: u64) -> u64 {
+    let end = CODE.wrapping_add(end_offset);
+    flag_states(code)
+        .into_iter()
+        .find(|(i, _)| i.ip() == end)
+        .and_then(|(_, state)| state)
+        .map_or(to_rflags(TRACKED), to_rflags)
+}
+
+/// Each instruction of `code` with the maybe-undefined flags (iced-x86
+/// encoding) before it; `None` where it can't be reached.
+pub(crate) fn flag_states(code: &[u8]) -> Vec<(Instruction, Option<u32>)> {
     let instrs = decode(code);
     let index_of = |ip: u64| instrs.iter().position(|i| i.ip() == ip);
-    let Some(end) = index_of(CODE.wrapping_add(end_offset)) else {
-        return to_rflags(TRACKED);
-    };
-    // None: not (yet) known to be reachable.
     let mut state: Vec<Option<u32>> = vec![None; instrs.len()];
     if let Some(first) = state.first_mut() {
         *first = Some(0);
@@ -161,7 +168,7 @@ pub fn undefined_flags_mask(code: &[u8], end_offset: u64) -> u64 {
         for (idx, instr) in instrs.iter().enumerate() {
             let Some(before) = state[idx] else { continue };
             let after = effect(instr).apply(before);
-            let mut flow_to = |target: usize, state: &mut Vec<Option<u32>>| {
+            let mut flow_to = |target: usize| {
                 let merged = state[target].unwrap_or(0) | after;
                 if state[target] != Some(merged) {
                     state[target] = Some(merged);
@@ -175,7 +182,7 @@ pub fn undefined_flags_mask(code: &[u8], end_offset: u64) -> u64 {
             ) && instr.op0_kind() == OpKind::NearBranch64
             {
                 if let Some(t) = index_of(instr.near_branch64()) {
-                    flow_to(t, &mut state);
+                    flow_to(t);
                 }
             }
             let falls_through = !matches!(
@@ -186,14 +193,14 @@ pub fn undefined_flags_mask(code: &[u8], end_offset: u64) -> u64 {
                     | FlowControl::Exception
             ) && instr.code() != Code::Ud2;
             if falls_through && idx + 1 < instrs.len() {
-                flow_to(idx + 1, &mut state);
+                flow_to(idx + 1);
             }
         }
         if !changed {
             break;
         }
     }
-    to_rflags(state[end].unwrap_or(TRACKED))
+    instrs.into_iter().zip(state).collect()
 }
 
 #[cfg(test)]

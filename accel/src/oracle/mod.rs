@@ -33,10 +33,10 @@ pub mod scaffold;
 mod rng;
 pub mod sequence;
 
-// pub use compare
+pub use compare::{compare, localise, Divergence, Runner};
 pub use flags::undefined_flags_mask;
-
-
+pub use kvm_cpl3::{open_kvm, run_kvm, run_vm, VmRunner};
+pub use native::{run_native, run_native_batch};
 pub use sequence::{generate, TestCase};
 
 /// Size of each of the oracle's pages.

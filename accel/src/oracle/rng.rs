@@ -57,20 +57,27 @@ impl Rng {
 
     /// A 64-bit value biased towards the edges arithmetic gets wrong.
     pub(crate) fn value(&mut self) -> u64 {
-        match self.below(12) {
+        let bits = [8, 16, 32, 64, 64, 64][self.below(6) as usize];
+        self.value_bits(bits)
+    }
+
+    /// A value of `bits` (8, 16, 32 or 64) bits, sign-extended to 64, biased
+    /// towards the edges of that width.
+    pub(crate) fn value_bits(&mut self, bits: u32) -> u64 {
+        let bits = bits.clamp(1, 64);
+        let v = match self.below(10) {
             0 => 0,
             1 => self.below(17),
             2 => u64::MAX - self.below(3),
-            3 => 1 << self.below(64),
+            3 => 1 << self.below(u64::from(bits)),
             4 => {
-                let top = 1u64 << [7, 15, 31, 63][self.below(4) as usize];
+                let top = 1u64 << (bits - 1);
                 top - self.below(2)
             }
-            5 => self.next() & 0xff,
-            6 => self.next() & 0xffff_ffff,
-            7 => self.next() as i32 as i64 as u64,
             _ => self.next(),
-        }
+        };
+        let shift = 64 - bits;
+        (((v << shift) as i64) >> shift) as u64
     }
 }
 

@@ -1,1 +1,301 @@
-//! stub
+//! The guest the VM oracle runs cases in: engine-neutral (guest memory, a
+//! [`CpuState`] and one port), so that TCG can run it exactly as KVM does.
+//!
+//! Long mode with 4-level paging: the low 2 MiB identity-mapped for the
+//! supervisor (one large page), and the oracle's code, data and stack pages
+//! mapped as user pages at their linear addresses (code read-only), with
+//! the guard pages not present. A GDT with kernel and user segments, a TSS
+//! whose RSP0 is the kernel stack, and an IDT whose 32 gates all lead to
+//! one recorder.
+//!
+//! Per case, the host writes the pages and an input block (GPRs, RFLAGS,
+//! a sequence number) and runs the vCPU. The CPL0 loop builds an IRET
+//! frame, loads the GPRs and `iretq`s to the code at CPL3. Whatever
+//! exception ends the case (the `ud2` terminator or a fault) enters the
+//! recorder, which stores the GPRs, the vector, error code, CR2 and the
+//! frame's RIP, RFLAGS and RSP in a result block, copies the sequence
+//! number, writes [`DONE_PORT`], and loops back for the next case. The CPL0
+//! part is plain integer moves, PUSH/POP, `mov rax, cr2`, OUT and IRETQ:
+//! what PVM's instruction emulator handles.
+
+use iced_x86::code_asm::*;
+use iced_x86::BlockEncoderOptions;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::{
+    has_error_code, OracleError, Outcome, TestCase, Trap, UserRegs, CODE, DATA, PAGE, STACK,
+    USER_FLAGS,
+};
+use crate::{CpuState, DescriptorTable, Segment};
+
+/// Guest physical layout (all below 2 MiB, identity-mapped for CPL0).
+pub mod layout {
+    pub const GDT: u64 = 0x1000;
+    pub const IDT: u64 = 0x2000;
+    pub const TSS: u64 = 0x3000;
+    pub const PML4: u64 = 0x4000;
+    pub const PDPT: u64 = 0x5000;
+    pub const PD: u64 = 0x6000;
+    pub const PT: u64 = 0x7000;
+    /// GPRs (encoding order), RFLAGS, sequence number.
+    pub const INPUT: u64 = 0x8000;
+    /// GPRs, RFLAGS, vector, error code, RIP, CR2, sequence number.
+    pub const RESULT: u64 = 0x9000;
+    pub const KERNEL_STACK_TOP: u64 = 0x1_0000;
+    pub const SCAFFOLD: u64 = 0x1_0000;
+    pub const USER_CODE: u64 = 0x2_0000;
+    pub const USER_DATA: u64 = 0x2_2000;
+    pub const USER_STACK: u64 = 0x2_4000;
+    pub const MEM_SIZE: usize = 2 << 20;
+}
+use layout::*;
+
+/// The scaffold writes here when a case has ended.
+pub const DONE_PORT: u16 = 0xf4;
+
+const KERNEL_CODE: u64 = 0x00af_9b00_0000_ffff;
+const KERNEL_DATA: u64 = 0x00cf_9300_0000_ffff;
+const USER_DATA_SEG: u64 = 0x00cf_f300_0000_ffff;
+const USER_CODE_SEG: u64 = 0x00af_fb00_0000_ffff;
+const USER_SS: i32 = 0x18 | 3;
+const USER_CS: i32 = 0x20 | 3;
+const TSS_SELECTOR: u16 = 0x28;
+
+const RES_RFLAGS: u64 = 16;
+const RES_VECTOR: u64 = 17;
+const RES_ERROR: u64 = 18;
+const RES_RIP: u64 = 19;
+const RES_CR2: u64 = 20;
+const RES_SEQ: u64 = 21;
+const IN_RFLAGS: u64 = 16;
+const IN_SEQ: u64 = 17;
+
+/// A built scaffold: its memory and the state to start (or restart) it.
+pub struct Scaffold {
+    pub memory: GuestMemoryMmap,
+    pub state: CpuState,
+}
+
+fn mem_err(e: impl std::fmt::Display) -> OracleError {
+    OracleError::Scaffold(format!("guest memory: {e}"))
+}
+
+fn write_u64(mem: &GuestMemoryMmap, addr: u64, value: u64) -> Result<(), OracleError> {
+    mem.write_obj(value, GuestAddress(addr)).map_err(mem_err)
+}
+
+fn tss_descriptor() -> (u64, u64) {
+    let low = 0x67
+        | ((TSS & 0xffff) << 16)
+        | (((TSS >> 16) & 0xff) << 32)
+        | (0x8b << 40) // present, busy 64-bit TSS
+        | (((TSS >> 24) & 0xff) << 56);
+    (low, TSS >> 32)
+}
+
+fn gprs() -> [AsmRegister64; 16] {
+    [
+        rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15,
+    ]
+}
+
+/// The CPL0 code: returns it and the addresses of the start and the 32
+/// exception handlers.
+fn code() -> Result<(Vec<u8>, u64, Vec<u64>), IcedError> {
+    let input = |i: u64| qword_ptr(INPUT + 8 * i);
+    let result = |i: u64| qword_ptr(RESULT + 8 * i);
+    let mut a = CodeAssembler::new(64)?;
+    let mut start = a.create_label();
+    let mut next = a.create_label();
+    let mut record = a.create_label();
+    let mut handlers: Vec<CodeLabel> = (0..32).map(|_| a.create_label()).collect();
+
+    a.set_label(&mut start)?;
+    // Mask both 8259s: no stray timer interrupt may end a case.
+    a.mov(al, 0xffu32)?;
+    a.out(0x21u32, al)?;
+    a.out(0xa1u32, al)?;
+    a.set_label(&mut next)?;
+    a.mov(rsp, KERNEL_STACK_TOP)?;
+    a.push(USER_SS)?;
+    a.push(input(4))?;
+    a.push(input(IN_RFLAGS))?;
+    a.push(USER_CS)?;
+    a.push(CODE as i32)?;
+    for (i, r) in gprs().into_iter().enumerate().filter(|(i, _)| *i != 4) {
+        a.mov(r, input(i as u64))?;
+    }
+    a.iretq()?;
+
+    for (v, label) in handlers.iter_mut().enumerate() {
+        a.set_label(label)?;
+        if !has_error_code(v as u8) {
+            a.push(0)?;
+        }
+        a.push(v as i32)?;
+        a.jmp(record)?;
+    }
+
+    a.set_label(&mut record)?;
+    for (i, r) in gprs().into_iter().enumerate().filter(|(i, _)| *i != 4) {
+        a.mov(result(i as u64), r)?;
+    }
+    // The stack: vector, error code, then the CPU's frame RIP, CS, RFLAGS,
+    // RSP, SS.
+    for slot in [RES_VECTOR, RES_ERROR, RES_RIP] {
+        a.pop(rax)?;
+        a.mov(result(slot), rax)?;
+    }
+    a.pop(rax)?; // CS
+    a.pop(rax)?;
+    a.mov(result(RES_RFLAGS), rax)?;
+    a.pop(rax)?;
+    a.mov(result(4), rax)?;
+    a.mov(rax, cr2)?;
+    a.mov(result(RES_CR2), rax)?;
+    a.mov(rax, input(IN_SEQ))?;
+    a.mov(result(RES_SEQ), rax)?;
+    a.out(u32::from(DONE_PORT), al)?;
+    a.jmp(next)?;
+
+    let r = a.assemble_options(
+        SCAFFOLD,
+        BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+    )?;
+    let start = r.label_ip(&start)?;
+    let handlers = handlers
+        .iter()
+        .map(|l| r.label_ip(l))
+        .collect::<Result<Vec<u64>, _>>()?;
+    Ok((r.inner.code_buffer, start, handlers))
+}
+
+/// Builds the scaffold's memory and initial CPU state.
+pub fn build() -> Result<Scaffold, OracleError> {
+    let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).map_err(mem_err)?;
+    let (tss_low, tss_high) = tss_descriptor();
+    let gdt = [0, KERNEL_CODE, KERNEL_DATA, USER_DATA_SEG, USER_CODE_SEG, tss_low, tss_high];
+    for (i, e) in gdt.iter().enumerate() {
+        write_u64(&memory, GDT + 8 * i as u64, *e)?;
+    }
+    // TSS: RSP0 at offset 4; the I/O map base past the limit (no bitmap).
+    write_u64(&memory, TSS + 4, KERNEL_STACK_TOP)?;
+    memory
+        .write_obj(104u16, GuestAddress(TSS + 102))
+        .map_err(mem_err)?;
+
+    const P: u64 = 1;
+    const RW: u64 = 2;
+    const US: u64 = 4;
+    const PS: u64 = 0x80;
+    write_u64(&memory, PML4, PDPT | P | RW | US)?;
+    write_u64(&memory, PDPT, PD | P | RW | US)?;
+    write_u64(&memory, PD, P | RW | PS)?;
+    write_u64(&memory, PD + 8 * ((CODE >> 21) & 511), PT | P | RW | US)?;
+    let pte = |linear: u64| PT + 8 * ((linear >> 12) & 511);
+    write_u64(&memory, pte(CODE), USER_CODE | P | US)?;
+    write_u64(&memory, pte(DATA), USER_DATA | P | RW | US)?;
+    write_u64(&memory, pte(STACK), USER_STACK | P | RW | US)?;
+
+    let (code, start, handlers) =
+        code().map_err(|e| OracleError::Scaffold(format!("assembling the scaffold: {e}")))?;
+    memory
+        .write_slice(&code, GuestAddress(SCAFFOLD))
+        .map_err(mem_err)?;
+    for (v, h) in handlers.iter().enumerate() {
+        // 64-bit interrupt gate: selector 0x08, present, DPL 0, type 0xe.
+        let low = (h & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | (((h >> 16) & 0xffff) << 48);
+        write_u64(&memory, IDT + 16 * v as u64, low)?;
+        write_u64(&memory, IDT + 16 * v as u64 + 8, h >> 32)?;
+    }
+
+    let data = Segment::from_gdt_entry(0x10, KERNEL_DATA);
+    let mut gprs = [0; 16];
+    gprs[4] = KERNEL_STACK_TOP;
+    let state = CpuState {
+        gprs,
+        rip: start,
+        rflags: 0x2,
+        cs: Segment::from_gdt_entry(0x08, KERNEL_CODE),
+        ds: data,
+        es: data,
+        fs: data,
+        gs: data,
+        ss: data,
+        tr: Segment {
+            base: TSS,
+            ..Segment::from_gdt_entry(TSS_SELECTOR, tss_low)
+        },
+        ldt: Segment::default(),
+        gdt: DescriptorTable {
+            base: GDT,
+            limit: (gdt.len() * 8 - 1) as u16,
+        },
+        idt: DescriptorTable {
+            base: IDT,
+            limit: (handlers.len() * 16 - 1) as u16,
+        },
+        cr0: 0x8001_0031, // PG | WP | NE | ET | PE
+        cr3: PML4,
+        cr4: 0x20, // PAE
+        efer: 0x500, // LMA | LME
+    };
+    Ok(Scaffold { memory, state })
+}
+
+/// Writes `case` and its sequence number `seq` for the scaffold to run.
+pub fn load_case(mem: &GuestMemoryMmap, case: &TestCase, seq: u64) -> Result<(), OracleError> {
+    if case.code.len() < 2 || case.code.len() > PAGE || case.data.len() != PAGE || case.stack.len() != PAGE {
+        return Err(OracleError::BadCase {
+            seed: case.seed,
+            what: "code must be 2 to 4096 bytes, data and stack 4096",
+        });
+    }
+    let mut code = [0xccu8; PAGE];
+    code[..case.code.len()].copy_from_slice(&case.code);
+    mem.write_slice(&code, GuestAddress(USER_CODE)).map_err(mem_err)?;
+    mem.write_slice(&case.data, GuestAddress(USER_DATA)).map_err(mem_err)?;
+    mem.write_slice(&case.stack, GuestAddress(USER_STACK)).map_err(mem_err)?;
+    let mut input = [0u64; 18];
+    input[..16].copy_from_slice(&case.init.gprs);
+    // IF stays clear at CPL3: nothing may interrupt a case.
+    input[IN_RFLAGS as usize] = (case.init.rflags & USER_FLAGS) | 0x2;
+    input[IN_SEQ as usize] = seq;
+    let bytes: Vec<u8> = input.iter().flat_map(|v| v.to_le_bytes()).collect();
+    mem.write_slice(&bytes, GuestAddress(INPUT)).map_err(mem_err)
+}
+
+/// The outcome of case `seq`, or `None` if the scaffold hasn't recorded it.
+pub fn read_result(
+    mem: &GuestMemoryMmap,
+    case: &TestCase,
+    seq: u64,
+) -> Result<Option<Outcome>, OracleError> {
+    let mut raw = [0u8; 8 * 22];
+    mem.read_slice(&mut raw, GuestAddress(RESULT)).map_err(mem_err)?;
+    let word = |i: u64| {
+        let i = i as usize * 8;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&raw[i..i + 8]);
+        u64::from_le_bytes(b)
+    };
+    if word(RES_SEQ) != seq {
+        return Ok(None);
+    }
+    let mut regs = UserRegs::default();
+    for (i, g) in regs.gprs.iter_mut().enumerate() {
+        *g = word(i as u64);
+    }
+    regs.rflags = word(RES_RFLAGS);
+    let trap = Trap {
+        vector: u8::try_from(word(RES_VECTOR)).unwrap_or(u8::MAX),
+        error_code: word(RES_ERROR),
+        cr2: word(RES_CR2),
+        rip: word(RES_RIP),
+    };
+    let mut data = vec![0; PAGE];
+    let mut stack = vec![0; PAGE];
+    mem.read_slice(&mut data, GuestAddress(USER_DATA)).map_err(mem_err)?;
+    mem.read_slice(&mut stack, GuestAddress(USER_STACK)).map_err(mem_err)?;
+    Ok(Some(Outcome::from_trap(case, trap, regs, data, stack)))
+}

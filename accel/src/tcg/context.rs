@@ -29,8 +29,9 @@ pub trait CpuBus: LinearMemory {
     /// Atomically stores `new` at `linear` if it holds `expected`; returns
     /// the value found (equal to `expected` on success).
     fn cmpxchg(&mut self, state: &mut X86State, linear: u64, size: usize, expected: u64, new: u64) -> Result<u64>;
-    /// Drops every cached translation (CR3 write, CR0/CR4 paging changes).
-    fn flush_tlb(&mut self);
+    /// Drops cached translations: non-global ones (CR3 write), or all of
+    /// them (`include_global`: CR0/CR4 paging changes).
+    fn flush_tlb(&mut self, include_global: bool);
     /// Drops the cached translation of the page holding `linear` (INVLPG).
     fn flush_tlb_page(&mut self, linear: u64);
 }
@@ -55,6 +56,9 @@ pub struct CpuContext<'a> {
     /// The VM's self-modifying-code map: its generation moving during a
     /// block means a store may have hit code (checked per instruction).
     pub code_pages: &'a CodePages,
+    /// This vCPU's APIC ID and the VM's vCPU count (CPUID topology).
+    pub cpu_id: u8,
+    pub vcpus: u8,
 }
 
 impl CpuBus for CpuMemory {
@@ -76,8 +80,12 @@ impl CpuBus for CpuMemory {
     fn cmpxchg(&mut self, state: &mut X86State, linear: u64, size: usize, expected: u64, new: u64) -> Result<u64> {
         CpuMemory::cmpxchg(self, state, linear, size, expected, new).map(|(_, old)| old)
     }
-    fn flush_tlb(&mut self) {
-        self.flush_all();
+    fn flush_tlb(&mut self, include_global: bool) {
+        if include_global {
+            self.flush_all();
+        } else {
+            self.flush_nonglobal();
+        }
     }
     fn flush_tlb_page(&mut self, linear: u64) {
         self.flush_page(linear);

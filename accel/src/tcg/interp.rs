@@ -66,12 +66,16 @@ pub fn validate(ops: &[Op], num_temps: usize, label_pos: &[usize]) -> Result<(),
         let ok = match op {
             Op::LdEnv { dst, offset, size } => temp_ok(dst) && env_access_ok(*offset, size.bytes()),
             Op::StEnv { src, offset, size } => temp_ok(src) && env_access_ok(*offset, size.bytes()),
-            Op::Br { label } | Op::SetLabel { label } => label_pos.get(label.0 as usize).is_some_and(|&p| p <= ops.len()),
+            Op::Br { label } | Op::SetLabel { label } => {
+                label_pos.get(label.0 as usize).is_some_and(|&p| p <= ops.len())
+            }
             Op::BrCond { a, b, label, .. } => {
                 temp_ok(a) && temp_ok(b) && label_pos.get(label.0 as usize).is_some_and(|&p| p <= ops.len())
             }
             Op::Movi { dst, .. } => temp_ok(dst),
-            Op::Mov { dst, src } | Op::Un { dst, a: src, .. } | Op::Ext { dst, a: src, .. } => temp_ok(dst) && temp_ok(src),
+            Op::Mov { dst, src } | Op::Un { dst, a: src, .. } | Op::Ext { dst, a: src, .. } => {
+                temp_ok(dst) && temp_ok(src)
+            }
             Op::Bin { dst, a, b, .. } | Op::SetCond { dst, a, b, .. } => temp_ok(dst) && temp_ok(a) && temp_ok(b),
             Op::Select { dst, a, b, t, f, .. } => [dst, a, b, t, f].into_iter().all(temp_ok),
             Op::Load { dst, addr, .. } => temp_ok(dst) && temp_ok(addr),
@@ -276,4 +280,135 @@ pub fn execute(ctx: &mut CpuContext<'_>, ops: &[Op], label_pos: &[usize], temps:
     // A block always ends in an exit; running off the end means the
     // translator forgot one. Continue at the stored RIP.
     TbExit::Lookup
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tcg::context::{CpuBus, CpuContext};
+    use crate::tcg::exception::Result as ExcResult;
+    use crate::tcg::ir::{BinOp, Cond, ExitKind, Label, MemSize, Temp};
+    use crate::tcg::mmu::{CodePages, LinearMemory};
+    use crate::VmOps;
+
+    /// 64 KiB of flat memory; addresses beyond it raise #PF.
+    struct Flat(Vec<u8>);
+
+    impl LinearMemory for Flat {
+        fn read(&mut self, _: &mut X86State, a: u64, size: usize, _: Access, _: Privilege) -> ExcResult<u64> {
+            let a = a as usize;
+            let bytes = self.0.get(a..a + size).ok_or(Exception::page_fault(a as u64, 0))?;
+            let mut v = [0u8; 8];
+            v[..size].copy_from_slice(bytes);
+            Ok(u64::from_le_bytes(v))
+        }
+        fn write(&mut self, _: &mut X86State, a: u64, size: usize, value: u64, _: Privilege) -> ExcResult<()> {
+            let a = a as usize;
+            let bytes = self.0.get_mut(a..a + size).ok_or(Exception::page_fault(a as u64, 2))?;
+            bytes.copy_from_slice(&value.to_le_bytes()[..size]);
+            Ok(())
+        }
+    }
+
+    impl CpuBus for Flat {
+        fn translate_code(&mut self, _: &mut X86State, linear: u64) -> ExcResult<u64> {
+            Ok(linear)
+        }
+        fn fetch_code(&mut self, _: &mut X86State, _: u64, _: &mut [u8]) -> ExcResult<usize> {
+            Ok(0)
+        }
+        fn atomic_rmw(&mut self, s: &mut X86State, a: u64, n: usize, op: &mut dyn FnMut(u64) -> u64) -> ExcResult<u64> {
+            let old = self.read(s, a, n, Access::Write, Privilege::Current)?;
+            self.write(s, a, n, op(old), Privilege::Current)?;
+            Ok(old)
+        }
+        fn cmpxchg(&mut self, s: &mut X86State, a: u64, n: usize, expected: u64, new: u64) -> ExcResult<u64> {
+            self.atomic_rmw(s, a, n, &mut |old| if old == expected { new } else { old })
+        }
+        fn flush_tlb(&mut self, _: bool) {}
+        fn flush_tlb_page(&mut self, _: u64) {}
+    }
+
+    struct NoIo;
+    impl VmOps for NoIo {
+        fn pio_read(&self, _: u16, _: &mut [u8]) {}
+        fn pio_write(&self, _: u16, _: &[u8]) {}
+        fn mmio_read(&self, _: u64, _: &mut [u8]) {}
+        fn mmio_write(&self, _: u64, _: &[u8]) {}
+    }
+
+    fn run(state: &mut X86State, mem: &mut Flat, ops: &[Op], labels: &[usize]) -> TbExit {
+        let code_pages = CodePages::with_pages(0);
+        let temps_needed = 8;
+        validate(ops, temps_needed, labels).unwrap();
+        let mut ctx = CpuContext {
+            state,
+            mem,
+            io: &NoIo,
+            requests: Default::default(),
+            code_pages: &code_pages,
+            cpu_id: 0,
+            vcpus: 1,
+        };
+        execute(&mut ctx, ops, labels, &mut [0; 8])
+    }
+
+    const RAX: u32 = offset_of!(X86State, gpr) as u32;
+
+    #[test]
+    fn env_ranges_exclude_padding_and_non_integer_fields() {
+        assert!(env_access_ok(RAX, 8));
+        assert!(env_access_ok(offset_of!(X86State, rip) as u32, 8));
+        let gdtr_limit = (offset_of!(X86State, gdtr) + offset_of!(TableReg, limit)) as u32;
+        assert!(env_access_ok(gdtr_limit, 4));
+        assert!(!env_access_ok(gdtr_limit, 8), "padding after the limit");
+        assert!(!env_access_ok(offset_of!(X86State, halted) as u32, 1));
+        assert!(!env_access_ok(u32::MAX, 8));
+        let bad = [Op::LdEnv { dst: Temp(0), offset: offset_of!(X86State, fpu) as u32, size: MemSize::B8 }];
+        assert!(validate(&bad, 1, &[]).is_err());
+        let bad_label = [Op::Br { label: Label(0) }];
+        assert!(validate(&bad_label, 1, &[usize::MAX]).is_err());
+    }
+
+    #[test]
+    fn loop_in_ir_and_a_faulting_store_restore_rip() {
+        let mut state = X86State::reset();
+        let mut mem = Flat(vec![0; 0x1000]);
+        let (i, acc, one, zero) = (Temp(0), Temp(1), Temp(2), Temp(3));
+        let ops = vec![
+            Op::InsnStart { pc: 0x100, len: 3 },
+            Op::Movi { dst: i, imm: 10 },
+            Op::Movi { dst: acc, imm: 0 },
+            Op::Movi { dst: one, imm: 1 },
+            Op::Movi { dst: zero, imm: 0 },
+            Op::SetLabel { label: Label(0) },
+            Op::Bin { op: BinOp::Add, dst: acc, a: acc, b: i },
+            Op::Bin { op: BinOp::Sub, dst: i, a: i, b: one },
+            Op::BrCond { cond: Cond::Ne, a: i, b: zero, label: Label(0) },
+            Op::StEnv { src: acc, offset: RAX, size: MemSize::B8 },
+            Op::InsnStart { pc: 0x103, len: 4 },
+            Op::Movi { dst: i, imm: 0x10_0000 },
+            Op::Store { src: acc, addr: i, size: MemSize::B4 },
+            Op::ExitTb { kind: ExitKind::Lookup },
+        ];
+        let exit = run(&mut state, &mut mem, &ops, &[5]);
+        assert_eq!(state.gpr[0], 55);
+        assert_eq!(state.rip, 0x103, "RIP of the faulting instruction");
+        assert!(matches!(exit, TbExit::Exception { exception, pc: 0x103, next_pc: 0x107 } if exception.vector == 14));
+    }
+
+    #[test]
+    fn narrow_env_stores_keep_the_other_bytes() {
+        let mut state = X86State::reset();
+        state.gpr[0] = 0x1111_2222_3333_4444;
+        let ops = vec![
+            Op::InsnStart { pc: 0, len: 1 },
+            Op::Movi { dst: Temp(0), imm: 0xaabb },
+            Op::StEnv { src: Temp(0), offset: RAX + 1, size: MemSize::B1 },
+            Op::GotoTb { slot: 0, pc: 0x40 },
+        ];
+        assert_eq!(run(&mut state, &mut Flat(vec![]), &ops, &[]), TbExit::Goto { slot: 0, pc: 0x40 });
+        assert_eq!(state.gpr[0], 0x1111_2222_3333_bb44);
+        assert_eq!(state.rip, 0x40);
+    }
 }

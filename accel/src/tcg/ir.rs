@@ -37,7 +37,9 @@ use std::fmt;
 use super::context::CpuContext;
 use super::exception::Exception;
 
-/// A virtual 64-bit register, local to one translation block.
+/// A virtual 64-bit register. Temps hold values within one guest
+/// instruction only: the frontend reuses their numbers after each
+/// [`Op::InsnStart`], which keeps the interpreter's temp array small.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Temp(pub u32);
 
@@ -241,33 +243,103 @@ pub enum ExitKind {
 #[derive(Debug, Clone)]
 pub enum Op {
     /// Starts guest instruction at linear `pc` of `len` bytes.
-    InsnStart { pc: u64, len: u8 },
-    Movi { dst: Temp, imm: u64 },
-    Mov { dst: Temp, src: Temp },
-    Bin { op: BinOp, dst: Temp, a: Temp, b: Temp },
-    Un { op: UnOp, dst: Temp, a: Temp },
-    Ext { kind: ExtKind, dst: Temp, a: Temp },
+    InsnStart {
+        pc: u64,
+        len: u8,
+    },
+    Movi {
+        dst: Temp,
+        imm: u64,
+    },
+    Mov {
+        dst: Temp,
+        src: Temp,
+    },
+    Bin {
+        op: BinOp,
+        dst: Temp,
+        a: Temp,
+        b: Temp,
+    },
+    Un {
+        op: UnOp,
+        dst: Temp,
+        a: Temp,
+    },
+    Ext {
+        kind: ExtKind,
+        dst: Temp,
+        a: Temp,
+    },
     /// `dst = cond(a, b) as u64`.
-    SetCond { cond: Cond, dst: Temp, a: Temp, b: Temp },
+    SetCond {
+        cond: Cond,
+        dst: Temp,
+        a: Temp,
+        b: Temp,
+    },
     /// `dst = if cond(a, b) { t } else { f }`.
-    Select { cond: Cond, dst: Temp, a: Temp, b: Temp, t: Temp, f: Temp },
+    Select {
+        cond: Cond,
+        dst: Temp,
+        a: Temp,
+        b: Temp,
+        t: Temp,
+        f: Temp,
+    },
     /// Reads `size` bytes of the state at byte `offset` (zero-extended).
-    LdEnv { dst: Temp, offset: u32, size: MemSize },
+    LdEnv {
+        dst: Temp,
+        offset: u32,
+        size: MemSize,
+    },
     /// Writes the low `size` bytes of `src` to the state at `offset`; the
     /// other bytes of the field are untouched (partial register writes).
-    StEnv { src: Temp, offset: u32, size: MemSize },
+    StEnv {
+        src: Temp,
+        offset: u32,
+        size: MemSize,
+    },
     /// Guest-memory read at linear `addr`; may fault.
-    Load { dst: Temp, addr: Temp, size: MemSize, sign: bool },
+    Load {
+        dst: Temp,
+        addr: Temp,
+        size: MemSize,
+        sign: bool,
+    },
     /// Guest-memory write at linear `addr`; may fault.
-    Store { src: Temp, addr: Temp, size: MemSize },
-    Call { helper: &'static Helper, args: [Temp; MAX_HELPER_ARGS], nargs: u8, ret: Option<Temp> },
-    Br { label: Label },
-    BrCond { cond: Cond, a: Temp, b: Temp, label: Label },
-    SetLabel { label: Label },
+    Store {
+        src: Temp,
+        addr: Temp,
+        size: MemSize,
+    },
+    Call {
+        helper: &'static Helper,
+        args: [Temp; MAX_HELPER_ARGS],
+        nargs: u8,
+        ret: Option<Temp>,
+    },
+    Br {
+        label: Label,
+    },
+    BrCond {
+        cond: Cond,
+        a: Temp,
+        b: Temp,
+        label: Label,
+    },
+    SetLabel {
+        label: Label,
+    },
     /// Leaves the block; see [`ExitKind`].
-    ExitTb { kind: ExitKind },
+    ExitTb {
+        kind: ExitKind,
+    },
     /// Stores RIP = `pc` and continues at the block for `pc` (direct jump;
     /// `slot` 0 = taken/only successor, 1 = fall-through), the hook for
     /// block chaining.
-    GotoTb { slot: u8, pc: u64 },
+    GotoTb {
+        slot: u8,
+        pc: u64,
+    },
 }

@@ -20,18 +20,50 @@
 //! - `tb_cache`: translation blocks keyed by physical PC + hflags.
 //! - `vcpu`, `vm`: the `Accelerator`/`Vm`/`Vcpu` implementation.
 
+pub mod context;
 pub mod exception;
 pub mod flags;
+pub mod interp;
+pub mod interrupts;
+pub mod ir;
 pub mod mmu;
+pub mod segmentation;
+pub mod signals;
 pub mod state;
+pub mod system;
+pub mod tb_cache;
+pub mod translate;
+mod vcpu;
+mod vcpu_state;
+pub mod vm;
 
 use std::sync::Arc;
 
 use vm_memory::GuestMemoryMmap;
 
-use crate::{AccelKind, Accelerator, Error, Result, Vm, VmConfig};
+use crate::{AccelKind, Accelerator, Result, Vm, VmConfig};
 
-/// Placeholder that keeps TCG's place in `--accel` until the engine lands.
+pub use vcpu::TcgVcpu;
+pub use vm::TcgVm;
+
+/// Errors of the TCG engine.
+#[derive(Debug, thiserror::Error)]
+pub enum TcgError {
+    /// The VM was asked for no vCPUs, or more than APIC IDs allow.
+    #[error("{0} vCPUs requested; the TCG engine supports 1 to 254")]
+    VcpuCount(u8),
+    /// A vCPU id outside the VM's configured count.
+    #[error("vCPU id {id} is out of range for a {count}-vCPU VM")]
+    VcpuId { id: u8, count: u8 },
+    /// A GSI the interrupt controller has no pin for.
+    #[error("GSI {0} is not routed (pins 0 to 23)")]
+    Gsi(u32),
+    /// An ioeventfd could not be duplicated.
+    #[error("duplicating an ioeventfd")]
+    EventFd(#[source] std::io::Error),
+}
+
+/// The TCG [`Accelerator`]: an in-process x86-64 system emulator.
 pub struct Tcg;
 
 impl Accelerator for Tcg {
@@ -39,7 +71,7 @@ impl Accelerator for Tcg {
         AccelKind::Tcg
     }
 
-    fn create_vm(&self, _memory: &GuestMemoryMmap, _config: &VmConfig) -> Result<Arc<dyn Vm>> {
-        Err(Error::TcgNotBuilt)
+    fn create_vm(&self, memory: &GuestMemoryMmap, config: &VmConfig) -> Result<Arc<dyn Vm>> {
+        Ok(Arc::new(TcgVm::new(memory, config)?))
     }
 }

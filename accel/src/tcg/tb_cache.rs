@@ -55,11 +55,7 @@ impl TranslationBlock {
             Err(why) => {
                 log::error!("TCG: translator produced bad IR at {pc:#x}: {why}");
                 let raise = super::ir::ExitKind::Raise(super::exception::Exception::ud());
-                (
-                    vec![Op::InsnStart { pc, len: 1 }, Op::ExitTb { kind: raise }],
-                    0,
-                    Vec::new(),
-                )
+                (vec![Op::InsnStart { pc, len: 1 }, Op::ExitTb { kind: raise }], 0, Vec::new())
             }
         };
         TranslationBlock { pc, cs_base, hflags, phys_pc, pages, guest_len, ops, num_temps, label_pos }

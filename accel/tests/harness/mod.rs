@@ -11,10 +11,7 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
-use accel::{
-    Accelerator, CpuState, DescriptorTable, Segment, Vcpu, VcpuExit, VcpuKicker, Vm, VmConfig,
-    VmOps,
-};
+use accel::{Accelerator, CpuState, DescriptorTable, Segment, Vcpu, VcpuExit, VcpuKicker, Vm, VmConfig, VmOps};
 use iced_x86::code_asm::*;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -160,10 +157,7 @@ pub fn long_mode_state() -> CpuState {
         ss: data,
         tr: Segment::from_gdt_entry(0x18, 0x0000_8b00_0000_0067),
         ldt: Segment::default(),
-        gdt: DescriptorTable {
-            base: GDT,
-            limit: 5 * 8 - 1,
-        },
+        gdt: DescriptorTable { base: GDT, limit: 5 * 8 - 1 },
         // No IDT: any exception escalates to a triple fault.
         idt: DescriptorTable { base: 0, limit: 0 },
         cr0: 0x8000_0031, // PG | NE | ET | PE
@@ -195,12 +189,7 @@ pub fn boot(accel: &dyn Accelerator, vcpus: u8, code: &[u8]) -> Guest {
     let mut vcpu = vm.create_vcpu(0, ops.clone()).unwrap();
     vcpu.set_cpu_state(&long_mode_state()).unwrap();
     let _ = ops.kicker.set(vcpu.kicker());
-    Guest {
-        memory,
-        vm,
-        vcpu,
-        ops,
-    }
+    Guest { memory, vm, vcpu, ops }
 }
 
 /// Runs until `run` returns, failing the test if that takes over 30 s.
@@ -218,11 +207,7 @@ pub fn run(vcpu: &mut dyn Vcpu) -> VcpuExit {
     let exit = vcpu.run().unwrap();
     drop(done);
     dog.join().unwrap();
-    assert!(
-        !fired.load(Ordering::SeqCst),
-        "guest timed out:\n{}",
-        vcpu.dump_state()
-    );
+    assert!(!fired.load(Ordering::SeqCst), "guest timed out:\n{}", vcpu.dump_state());
     exit
 }
 

@@ -141,13 +141,7 @@ pub fn compute_cf(op: CcOp, dst: u64, src: u64, src2: u64) -> bool {
 /// The full RFLAGS: system bits from `state.rflags`, the arithmetic flags
 /// computed from the lazy state, and the always-one bit 1.
 pub fn rflags(state: &X86State) -> u64 {
-    let arith = arith_flags(
-        state.cc_op,
-        state.cc_dst,
-        state.cc_src,
-        state.cc_src2,
-        state.rflags,
-    );
+    let arith = arith_flags(state.cc_op, state.cc_dst, state.cc_src, state.cc_src2, state.rflags);
     (state.rflags & !rf::ARITH) | arith | rf::FIXED1
 }
 

@@ -83,14 +83,7 @@ impl X86Cond {
 /// [`CcOp::Eflags`] on `rflags_when_eflags`. Common pairs (CMP/SUB + any
 /// compare, TEST/logic, ZF/SF/CF tests) are answered without computing all
 /// six flags.
-pub fn eval_cond(
-    cond: X86Cond,
-    op: CcOp,
-    dst: u64,
-    src: u64,
-    src2: u64,
-    rflags_when_eflags: u64,
-) -> bool {
+pub fn eval_cond(cond: X86Cond, op: CcOp, dst: u64, src: u64, src2: u64, rflags_when_eflags: u64) -> bool {
     let (Some(family), Some(size)) = (op.family(), op.size()) else {
         return cond.eval_flags(rflags_when_eflags);
     };
@@ -103,26 +96,11 @@ pub fn eval_cond(
 
 /// [`eval_cond`] on the lazy state held in `state`.
 pub fn eval_cond_state(state: &X86State, cond: X86Cond) -> bool {
-    eval_cond(
-        cond,
-        state.cc_op,
-        state.cc_dst,
-        state.cc_src,
-        state.cc_src2,
-        state.rflags,
-    )
+    eval_cond(cond, state.cc_op, state.cc_dst, state.cc_src, state.cc_src2, state.rflags)
 }
 
 /// The even (non-negated) condition `base` = cc >> 1, when it has a fast path.
-fn fast_base(
-    base: u8,
-    family: CcFamily,
-    size: OpSize,
-    op: CcOp,
-    dst: u64,
-    src: u64,
-    src2: u64,
-) -> Option<bool> {
+fn fast_base(base: u8, family: CcFamily, size: OpSize, op: CcOp, dst: u64, src: u64, src2: u64) -> Option<bool> {
     let m = size.mask();
     let (dst, src) = (dst & m, src & m);
     // ZF is dst == 0 for every family but Mul (host clears it there).

@@ -68,11 +68,7 @@ fn rotate(kind: RotateKind, size: OpSize, value: u64, count: u64, flags: u64) ->
     let (res, cf, of) = match kind {
         RotateKind::Rol | RotateKind::Ror => {
             // n < bits, so neither shift below reaches the width.
-            let (l, r) = if kind == RotateKind::Rol {
-                (n, (bits - n) % bits)
-            } else {
-                ((bits - n) % bits, n)
-            };
+            let (l, r) = if kind == RotateKind::Rol { (n, (bits - n) % bits) } else { ((bits - n) % bits, n) };
             let res = if n == 0 { v } else { ((v << l) | (v >> r)) & m };
             if kind == RotateKind::Rol {
                 (res, res & 1, msb(v) ^ msb1(v))
@@ -87,23 +83,12 @@ fn rotate(kind: RotateKind, size: OpSize, value: u64, count: u64, flags: u64) ->
             }
             // Rotate the (bits + 1)-bit value CF:v; n is in 1..=bits.
             let w = u128::from(v) | u128::from(cf_in) << bits;
-            let left = if kind == RotateKind::Rcl {
-                n
-            } else {
-                bits + 1 - n
-            };
+            let left = if kind == RotateKind::Rcl { n } else { bits + 1 - n };
             let wm = (1u128 << (bits + 1)) - 1;
             let w = ((w << left) | (w >> (bits + 1 - left))) & wm;
-            let of = if kind == RotateKind::Rcl {
-                msb(v) ^ msb1(v)
-            } else {
-                msb(v) ^ cf_in
-            };
+            let of = if kind == RotateKind::Rcl { msb(v) ^ msb1(v) } else { msb(v) ^ cf_in };
             ((w as u64) & m, (w >> bits) as u64 & 1, of)
         }
     };
-    (
-        res,
-        (flags & !(rf::CF | rf::OF)) | (cf * rf::CF) | (of * rf::OF),
-    )
+    (res, (flags & !(rf::CF | rf::OF)) | (cf * rf::CF) | (of * rf::OF))
 }

@@ -213,7 +213,7 @@ pub(crate) fn fetch_system_descriptor16(
 ) -> Result<(u64, Descriptor, u64)> {
     let addr = descriptor_addr(state, selector, 16).ok_or(err)?;
     let lo = mem.read(state, addr, 8, Access::Read, Privilege::Supervisor)?;
-    let hi = mem.read(state, table_linear(state, addr + 8), 8, Access::Read, Privilege::Supervisor)?;
+    let hi = mem.read(state, table_linear(state, addr.wrapping_add(8)), 8, Access::Read, Privilege::Supervisor)?;
     Ok((addr, Descriptor(lo), hi))
 }
 
@@ -224,7 +224,7 @@ pub(crate) fn set_accessed(state: &mut X86State, mem: &mut dyn LinearMemory, add
         return Ok(());
     }
     let byte5 = u64::from((d.0 >> 40) as u8 | TYPE_ACCESSED as u8);
-    mem.write(state, table_linear(state, addr + 5), 1, byte5, Privilege::Supervisor)
+    mem.write(state, table_linear(state, addr.wrapping_add(5)), 1, byte5, Privilege::Supervisor)
 }
 
 /// The cache of a null selector in DS/ES/FS/GS: unusable (P = 0), base 0
@@ -417,7 +417,7 @@ pub fn load_tr(state: &mut X86State, mem: &mut dyn LinearMemory, selector: u16) 
         return Err(err);
     }
     let busy = u64::from((d.0 >> 40) as u8 | TYPE_TSS_BUSY);
-    mem.write(state, table_linear(state, addr + 5), 1, busy, Privilege::Supervisor)?;
+    mem.write(state, table_linear(state, addr.wrapping_add(5)), 1, busy, Privilege::Supervisor)?;
     let mut cache = d.cache(selector);
     cache.base = base;
     cache.attr |= u16::from(TYPE_TSS_BUSY);
@@ -427,7 +427,12 @@ pub fn load_tr(state: &mut X86State, mem: &mut dyn LinearMemory, selector: u16) 
 
 /// The inner stack SS:ESP for privilege level `dpl` from a 16- or 32-bit
 /// TSS (SDM 7.2.1); #TS(TR | EXT) if TR is unusable or too short.
-pub(crate) fn tss_stack_legacy(state: &mut X86State, mem: &mut dyn LinearMemory, dpl: u8, ext: u32) -> Result<(u16, u32)> {
+pub(crate) fn tss_stack_legacy(
+    state: &mut X86State,
+    mem: &mut dyn LinearMemory,
+    dpl: u8,
+    ext: u32,
+) -> Result<(u16, u32)> {
     let tr = state.tr;
     let ts = Exception::with_code(vector::TS, sel_code(tr.selector, ext));
     if !tr.present() {
@@ -440,8 +445,9 @@ pub(crate) fn tss_stack_legacy(state: &mut X86State, mem: &mut dyn LinearMemory,
         return Err(ts);
     }
     let base = tr.base;
-    let sp = mem.read(state, table_linear(state, base + sp_off), sp_size, Access::Read, Privilege::Supervisor)?;
-    let ss = mem.read(state, table_linear(state, base + ss_off), 2, Access::Read, Privilege::Supervisor)?;
+    let sp =
+        mem.read(state, table_linear(state, base.wrapping_add(sp_off)), sp_size, Access::Read, Privilege::Supervisor)?;
+    let ss = mem.read(state, table_linear(state, base.wrapping_add(ss_off)), 2, Access::Read, Privilege::Supervisor)?;
     Ok((ss as u16, sp as u32))
 }
 

@@ -70,9 +70,7 @@ pub const CC_SRC2: u32 = offset_of!(X86State, cc_src2) as u32;
 /// `(index, high byte)` of a GPR operand, or None for non-GPRs.
 pub fn gpr_index(reg: Register) -> Option<(usize, bool)> {
     match reg {
-        Register::AH | Register::CH | Register::DH | Register::BH => {
-            Some((reg as usize - Register::AH as usize, true))
-        }
+        Register::AH | Register::CH | Register::DH | Register::BH => Some((reg as usize - Register::AH as usize, true)),
         r if r.is_gpr() => Some((r.full_register() as usize - Register::RAX as usize, false)),
         _ => None,
     }

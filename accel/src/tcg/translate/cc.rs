@@ -8,67 +8,12 @@ use iced_x86::ConditionCode;
 use super::builder::{IrBuilder, CC_DST, CC_OP, CC_SRC, CC_SRC2, RFLAGS};
 use crate::tcg::context::CpuContext;
 use crate::tcg::exception::Exception;
-use crate::tcg::flags::{CcFamily, CcOp, OpSize};
+use crate::tcg::flags::{self, CcFamily, CcOp, OpSize};
 use crate::tcg::ir::{BinOp, Cond, Helper, MemSize, StateParts, Temp};
-use crate::tcg::state::{rflags as rf, X86State};
-
-/// RFLAGS with the arithmetic flags computed from the lazy state.
-// TODO(flags engineer): replace the body with `flags::rflags(state)` once
-// flags.rs exports it; `lazy_arith_flags` below is a local stand-in.
-pub fn current_rflags(state: &X86State) -> u64 {
-    if state.cc_op == CcOp::Eflags {
-        return state.rflags;
-    }
-    (state.rflags & !rf::ARITH) | lazy_arith_flags(state.cc_op, state.cc_dst, state.cc_src, state.cc_src2)
-}
-
-/// Stand-in for flags.rs's `compute_flags` (QEMU's `cc_compute_all`).
-fn lazy_arith_flags(op: CcOp, dst: u64, src: u64, src2: u64) -> u64 {
-    let Some(idx) = (op as u64).checked_sub(1) else { return 0 };
-    let size = [OpSize::B1, OpSize::B2, OpSize::B4, OpSize::B8][(idx % 4) as usize];
-    let (mask, sign) = (size.mask(), size.sign_bit());
-    let d = dst & mask;
-    let s = src & mask;
-    let mut f = 0;
-    if d == 0 {
-        f |= rf::ZF;
-    }
-    if d & sign != 0 {
-        f |= rf::SF;
-    }
-    if (d as u8).count_ones() % 2 == 0 {
-        f |= rf::PF;
-    }
-    let flag = |b: bool, bit: u64| if b { bit } else { 0 };
-    let af = |a: u64, b: u64| flag((a ^ b ^ d) & 0x10 != 0, rf::AF);
-    f |= match idx / 4 {
-        0 | 1 => {
-            // ADD/ADC: first operand = dst - src - carry.
-            let carry = if idx / 4 == 1 { src2 & 1 } else { 0 };
-            let a = d.wrapping_sub(s).wrapping_sub(carry) & mask;
-            let cf = if carry != 0 { d <= s } else { d < s };
-            flag(cf, rf::CF) | af(a, s) | flag((a ^ s ^ mask) & (a ^ d) & sign != 0, rf::OF)
-        }
-        2 | 3 => {
-            // SUB/SBB: first operand = dst + src + borrow.
-            let borrow = if idx / 4 == 3 { src2 & 1 } else { 0 };
-            let a = d.wrapping_add(s).wrapping_add(borrow) & mask;
-            let cf = if borrow != 0 { a <= s } else { a < s };
-            flag(cf, rf::CF) | af(a, s) | flag((a ^ s) & (a ^ d) & sign != 0, rf::OF)
-        }
-        4 => 0,
-        5 => flag(src & 1 != 0, rf::CF) | af(d.wrapping_sub(1) & mask, 1) | flag(d == sign, rf::OF),
-        6 => flag(src & 1 != 0, rf::CF) | af(d.wrapping_add(1) & mask, 1) | flag(d == sign - 1, rf::OF),
-        7 => flag(s & sign != 0, rf::CF) | flag((s ^ d) & sign != 0, rf::OF),
-        8 => flag(s & 1 != 0, rf::CF) | flag((s ^ d) & sign != 0, rf::OF),
-        9 => flag(s != 0, rf::CF | rf::OF),
-        _ => flag(s == 0, rf::CF),
-    };
-    f
-}
+use crate::tcg::state::rflags as rf;
 
 fn helper_rflags(ctx: &mut CpuContext<'_>, _: &[u64]) -> Result<u64, Exception> {
-    Ok(current_rflags(ctx.state))
+    Ok(flags::rflags(ctx.state))
 }
 
 /// Returns the full RFLAGS (arithmetic flags computed).
@@ -231,23 +176,5 @@ impl IrBuilder {
             C::g => (Cond::Gt, sa, sb),
             _ => return None,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sub_flags_match_hardware_rules() {
-        // 1 - 2 (8-bit): result 0xff, CF=1, SF=1, OF=0, AF=1.
-        let f = lazy_arith_flags(CcOp::Sub8, 0xff, 2, 0);
-        assert_eq!(f & (rf::CF | rf::SF | rf::OF | rf::ZF | rf::AF), rf::CF | rf::SF | rf::AF);
-        // 0x80 - 1 (8-bit): 0x7f, OF=1.
-        let f = lazy_arith_flags(CcOp::Sub8, 0x7f, 1, 0);
-        assert_ne!(f & rf::OF, 0);
-        // 0x7fffffff + 1 (32-bit): OF=1, SF=1.
-        let f = lazy_arith_flags(CcOp::Add32, 0x8000_0000, 1, 0);
-        assert_eq!(f & (rf::OF | rf::SF | rf::CF), rf::OF | rf::SF);
     }
 }

@@ -75,7 +75,7 @@ pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
             b.st_env(target, super::builder::RIP, crate::tcg::ir::MemSize::B8);
             b.exit(ExitKind::Lookup);
         }
-        M::Loop | M::Loope | M::Loopne | M::Jcxz | M::Jecxz | M::Jrcxz => counted(b, insn),
+        M::Loop | M::Loope | M::Loopne | M::Jcxz | M::Jecxz | M::Jrcxz => return counted(b, insn),
         _ if insn.is_jcc_short_or_near() => {
             let (c, x, y) = b.cond(insn.condition_code());
             let taken = b.label();

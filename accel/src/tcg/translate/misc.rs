@@ -1,9 +1,6 @@
 //! Instructions with no family of their own: NOP and hints, flag bit
 //! instructions (CLC STC CMC CLD STD CLI STI), HLT, IN/OUT, INT n / INT3 /
 //! INTO / UD2, XLAT.
-//!
-//! Port I/O permission: with CPL > IOPL in protected mode IN/OUT raise #GP
-//! (the TSS I/O bitmap is not consulted).
 
 use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 
@@ -12,14 +9,27 @@ use super::Lowered;
 use crate::tcg::context::CpuContext;
 use crate::tcg::exception::{vector, Exception};
 use crate::tcg::flags::OpSize;
-use crate::tcg::ir::{BinOp, Cond, ExitKind, Helper, MemSize, StateParts};
+use crate::tcg::ir::{BinOp, ExitKind, Helper, MemSize, StateParts};
 use crate::tcg::state::{hflags, reg, rflags as rf, X86State};
+use crate::tcg::system;
 
 pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
     use Mnemonic as M;
     match insn.mnemonic() {
-        M::Nop | M::Pause | M::Lfence | M::Mfence | M::Sfence | M::Prefetchnta | M::Prefetcht0 | M::Prefetcht1
-        | M::Prefetcht2 | M::Prefetchw | M::Endbr32 | M::Endbr64 | M::Clflush | M::Clflushopt => {}
+        M::Nop
+        | M::Pause
+        | M::Lfence
+        | M::Mfence
+        | M::Sfence
+        | M::Prefetchnta
+        | M::Prefetcht0
+        | M::Prefetcht1
+        | M::Prefetcht2
+        | M::Prefetchw
+        | M::Endbr32
+        | M::Endbr64
+        | M::Clflush
+        | M::Clflushopt => {}
         M::Clc | M::Stc | M::Cmc => {
             let f = b.rflags();
             let op = match insn.mnemonic() {
@@ -34,7 +44,8 @@ pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
         // DF is not a lazy flag: flip it in place.
         M::Cld | M::Std => {
             let f = b.ld_env(RFLAGS, MemSize::B8);
-            let v = if insn.mnemonic() == M::Cld { b.bini(BinOp::And, f, !rf::DF) } else { b.bini(BinOp::Or, f, rf::DF) };
+            let v =
+                if insn.mnemonic() == M::Cld { b.bini(BinOp::And, f, !rf::DF) } else { b.bini(BinOp::Or, f, rf::DF) };
             b.st_env(v, RFLAGS, MemSize::B8);
         }
         M::Cli | M::Sti => {
@@ -107,11 +118,10 @@ fn port_io(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
         let v = b.read_reg(data);
         b.call(&PIO_OUT, &[port, size, v]);
     }
-    let _ = Cond::Eq;
     Lowered::Next
 }
 
-/// #GP(0) unless port I/O (and CLI/STI) is allowed at this CPL/IOPL.
+/// #GP(0) unless CLI/STI is allowed at this CPL/IOPL.
 fn check_iopl(state: &X86State) -> Result<(), Exception> {
     let iopl = (state.rflags & rf::IOPL) >> 12;
     let protected = state.hflags & hflags::PE != 0;
@@ -127,8 +137,8 @@ fn arg(args: &[u64], i: usize) -> u64 {
 
 /// `args`: port, size (1/2/4). Returns the value read, zero-extended.
 fn helper_in(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exception> {
-    check_iopl(ctx.state)?;
     let size = (arg(args, 1) as usize).clamp(1, 4);
+    system::io_permitted(ctx.state, &mut *ctx.mem, arg(args, 0) as u16, size as u8)?;
     let mut data = [0u8; 4];
     ctx.io.pio_read(arg(args, 0) as u16, &mut data[..size]);
     Ok(u64::from(u32::from_le_bytes(data)))
@@ -136,8 +146,8 @@ fn helper_in(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exception> {
 
 /// `args`: port, size (1/2/4), value.
 fn helper_out(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exception> {
-    check_iopl(ctx.state)?;
     let size = (arg(args, 1) as usize).clamp(1, 4);
+    system::io_permitted(ctx.state, &mut *ctx.mem, arg(args, 0) as u16, size as u8)?;
     let data = (arg(args, 2) as u32).to_le_bytes();
     ctx.io.pio_write(arg(args, 0) as u16, &data[..size]);
     Ok(0)

@@ -65,7 +65,12 @@ fn note_unimplemented(insn: &Instruction) {
     let Ok(mut map) = unimplemented().lock() else { return };
     let count = map.entry(name).or_insert(0);
     if *count == 0 {
-        log::warn!("TCG: {:?} ({:?}) is not implemented; the guest gets #UD at {:#x}", insn.mnemonic(), insn.code(), insn.ip());
+        log::warn!(
+            "TCG: {:?} ({:?}) is not implemented; the guest gets #UD at {:#x}",
+            insn.mnemonic(),
+            insn.code(),
+            insn.ip()
+        );
     }
     *count += 1;
 }
@@ -78,7 +83,13 @@ struct Window {
     fault: Option<Exception>,
 }
 
-fn fetch_window(mem: &mut dyn CpuBus, state: &mut X86State, code_pages: &CodePages, linear: u64, wrap32: bool) -> Window {
+fn fetch_window(
+    mem: &mut dyn CpuBus,
+    state: &mut X86State,
+    code_pages: &CodePages,
+    linear: u64,
+    wrap32: bool,
+) -> Window {
     let mut w = Window { bytes: [0; 15], len: 0, fault: None };
     let first = match mem.fetch_code(state, linear, &mut w.bytes) {
         Ok(n) => n,
@@ -111,7 +122,8 @@ fn fetch_window(mem: &mut dyn CpuBus, state: &mut X86State, code_pages: &CodePag
 /// without reading any and without a chance to fault first, so the current
 /// one need not store its lazy flags.
 fn kills_flags(next: &Instruction) -> bool {
-    const ARITH: u32 = RflagsBits::OF | RflagsBits::SF | RflagsBits::ZF | RflagsBits::AF | RflagsBits::CF | RflagsBits::PF;
+    const ARITH: u32 =
+        RflagsBits::OF | RflagsBits::SF | RflagsBits::ZF | RflagsBits::AF | RflagsBits::CF | RflagsBits::PF;
     let simple = matches!(
         next.mnemonic(),
         Mnemonic::Add | Mnemonic::Sub | Mnemonic::And | Mnemonic::Or | Mnemonic::Xor | Mnemonic::Cmp | Mnemonic::Test
@@ -228,33 +240,151 @@ pub fn translate_block(
         }
     }
     let (ops, num_temps, label_pos) = b.finish();
-    Ok(TranslationBlock::new(rip, cs_base, flags & hflags::TB_KEY_MASK, phys_pc, pages, guest_len, ops, num_temps, label_pos))
+    Ok(TranslationBlock::new(
+        rip,
+        cs_base,
+        flags & hflags::TB_KEY_MASK,
+        phys_pc,
+        pages,
+        guest_len,
+        ops,
+        num_temps,
+        label_pos,
+    ))
 }
 
 /// Lowers one instruction (no LOCK prefix) by family.
 fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
     use Mnemonic as M;
     match insn.mnemonic() {
-        M::Add | M::Adc | M::Sub | M::Sbb | M::And | M::Or | M::Xor | M::Cmp | M::Test | M::Inc | M::Dec | M::Neg | M::Not => {
-            alu::lower(b, insn)
+        M::Add
+        | M::Adc
+        | M::Sub
+        | M::Sbb
+        | M::And
+        | M::Or
+        | M::Xor
+        | M::Cmp
+        | M::Test
+        | M::Inc
+        | M::Dec
+        | M::Neg
+        | M::Not => alu::lower(b, insn),
+        M::Mov
+        | M::Movzx
+        | M::Movsx
+        | M::Movsxd
+        | M::Lea
+        | M::Xchg
+        | M::Cmovo
+        | M::Cmovno
+        | M::Cmovb
+        | M::Cmovae
+        | M::Cmove
+        | M::Cmovne
+        | M::Cmovbe
+        | M::Cmova
+        | M::Cmovs
+        | M::Cmovns
+        | M::Cmovp
+        | M::Cmovnp
+        | M::Cmovl
+        | M::Cmovge
+        | M::Cmovle
+        | M::Cmovg
+        | M::Seto
+        | M::Setno
+        | M::Setb
+        | M::Setae
+        | M::Sete
+        | M::Setne
+        | M::Setbe
+        | M::Seta
+        | M::Sets
+        | M::Setns
+        | M::Setp
+        | M::Setnp
+        | M::Setl
+        | M::Setge
+        | M::Setle
+        | M::Setg
+        | M::Bswap
+        | M::Cbw
+        | M::Cwde
+        | M::Cdqe
+        | M::Cwd
+        | M::Cdq
+        | M::Cqo
+        | M::Movbe => mov::lower(b, insn),
+        M::Push
+        | M::Pop
+        | M::Pushf
+        | M::Pushfd
+        | M::Pushfq
+        | M::Popf
+        | M::Popfd
+        | M::Popfq
+        | M::Lahf
+        | M::Sahf
+        | M::Enter
+        | M::Leave => stack::lower(b, insn),
+        M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror | M::Rcl | M::Rcr | M::Shld | M::Shrd => {
+            shift::lower(b, insn)
         }
-        M::Mov | M::Movzx | M::Movsx | M::Movsxd | M::Lea | M::Xchg | M::Cmovo | M::Cmovno | M::Cmovb | M::Cmovae
-        | M::Cmove | M::Cmovne | M::Cmovbe | M::Cmova | M::Cmovs | M::Cmovns | M::Cmovp | M::Cmovnp | M::Cmovl
-        | M::Cmovge | M::Cmovle | M::Cmovg | M::Seto | M::Setno | M::Setb | M::Setae | M::Sete | M::Setne | M::Setbe
-        | M::Seta | M::Sets | M::Setns | M::Setp | M::Setnp | M::Setl | M::Setge | M::Setle | M::Setg | M::Bswap
-        | M::Cbw | M::Cwde | M::Cdqe | M::Cwd | M::Cdq | M::Cqo | M::Movbe => mov::lower(b, insn),
-        M::Push | M::Pop | M::Pushf | M::Pushfd | M::Pushfq | M::Popf | M::Popfd | M::Popfq | M::Lahf | M::Sahf
-        | M::Enter | M::Leave => stack::lower(b, insn),
-        M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror | M::Rcl | M::Rcr | M::Shld | M::Shrd => shift::lower(b, insn),
         M::Mul | M::Imul | M::Div | M::Idiv => muldiv::lower(b, insn),
         M::Cmpxchg | M::Xadd => atomic::lower(b, insn),
         M::Bt | M::Bts | M::Btr | M::Btc | M::Bsf | M::Bsr | M::Tzcnt | M::Lzcnt | M::Popcnt => bits::lower(b, insn),
-        M::Jmp | M::Call | M::Ret | M::Loop | M::Loope | M::Loopne | M::Jcxz | M::Jecxz | M::Jrcxz | M::Jo | M::Jno
-        | M::Jb | M::Jae | M::Je | M::Jne | M::Jbe | M::Ja | M::Js | M::Jns | M::Jp | M::Jnp | M::Jl | M::Jge | M::Jle
+        M::Jmp
+        | M::Call
+        | M::Ret
+        | M::Loop
+        | M::Loope
+        | M::Loopne
+        | M::Jcxz
+        | M::Jecxz
+        | M::Jrcxz
+        | M::Jo
+        | M::Jno
+        | M::Jb
+        | M::Jae
+        | M::Je
+        | M::Jne
+        | M::Jbe
+        | M::Ja
+        | M::Js
+        | M::Jns
+        | M::Jp
+        | M::Jnp
+        | M::Jl
+        | M::Jge
+        | M::Jle
         | M::Jg => control::lower(b, insn),
-        M::Movsb | M::Movsw | M::Movsd | M::Movsq | M::Stosb | M::Stosw | M::Stosd | M::Stosq | M::Lodsb | M::Lodsw
-        | M::Lodsd | M::Lodsq | M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Cmpsq | M::Scasb | M::Scasw | M::Scasd | M::Scasq
-        | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => string::lower(b, insn),
+        M::Movsb
+        | M::Movsw
+        | M::Movsd
+        | M::Movsq
+        | M::Stosb
+        | M::Stosw
+        | M::Stosd
+        | M::Stosq
+        | M::Lodsb
+        | M::Lodsw
+        | M::Lodsd
+        | M::Lodsq
+        | M::Cmpsb
+        | M::Cmpsw
+        | M::Cmpsd
+        | M::Cmpsq
+        | M::Scasb
+        | M::Scasw
+        | M::Scasd
+        | M::Scasq
+        | M::Insb
+        | M::Insw
+        | M::Insd
+        | M::Outsb
+        | M::Outsw
+        | M::Outsd => string::lower(b, insn),
         _ => match misc::lower(b, insn) {
             Lowered::Unsupported => system::lower(b, insn),
             done => done,

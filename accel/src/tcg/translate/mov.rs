@@ -14,8 +14,22 @@ fn is_setcc(m: Mnemonic) -> bool {
     use Mnemonic as M;
     matches!(
         m,
-        M::Seto | M::Setno | M::Setb | M::Setae | M::Sete | M::Setne | M::Setbe | M::Seta | M::Sets | M::Setns
-            | M::Setp | M::Setnp | M::Setl | M::Setge | M::Setle | M::Setg
+        M::Seto
+            | M::Setno
+            | M::Setb
+            | M::Setae
+            | M::Sete
+            | M::Setne
+            | M::Setbe
+            | M::Seta
+            | M::Sets
+            | M::Setns
+            | M::Setp
+            | M::Setnp
+            | M::Setl
+            | M::Setge
+            | M::Setle
+            | M::Setg
     )
 }
 
@@ -31,7 +45,7 @@ pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
         M::Cwd | M::Cdq | M::Cqo => return sign_into_rdx(b, m),
         _ => {}
     }
-    let regs = (0..insn.op_count()).filter(|&i| insn.try_op_kind(i) == Ok(OpKind::Register));
+    let regs = (0..insn.op_count()).filter(|&i| insn.try_op_kind(i).is_ok_and(|k| k == OpKind::Register));
     if m == M::Mov && regs.clone().any(|i| insn.try_op_register(i).is_ok_and(is_special)) {
         return super::system::lower_mov_special(b, insn);
     }
@@ -50,7 +64,7 @@ pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
             b.write_reg(r, v);
         }
         M::Lea => {
-            if insn.try_op_kind(1) != Ok(OpKind::Memory) {
+            if !insn.try_op_kind(1).is_ok_and(|k| k == OpKind::Memory) {
                 return Lowered::Unsupported;
             }
             let v = b.effective_offset(insn);

@@ -130,10 +130,5 @@ fn helper_divide(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exceptio
     Ok(0)
 }
 
-static DIVIDE: Helper = Helper {
-    name: "divide",
-    func: helper_divide,
-    may_fault: true,
-    reads: StateParts::GPRS,
-    writes: StateParts::GPRS,
-};
+static DIVIDE: Helper =
+    Helper { name: "divide", func: helper_divide, may_fault: true, reads: StateParts::GPRS, writes: StateParts::GPRS };

@@ -3,13 +3,13 @@
 //! A masked count of 0 leaves the flags alone, so counts from CL branch
 //! around the flag update (and leave `cc_op` statically unknown).
 
-use iced_x86::{ConditionCode, Instruction, Mnemonic, OpKind};
+use iced_x86::{Instruction, Mnemonic, OpKind};
 
 use super::builder::{operand_size, IrBuilder, Loc};
 use super::Lowered;
 use crate::tcg::context::CpuContext;
 use crate::tcg::exception::Exception;
-use crate::tcg::flags::{CcFamily, OpSize};
+use crate::tcg::flags::{self, CcFamily, OpSize, RotateKind};
 use crate::tcg::ir::{BinOp, Cond, Helper, StateParts, Temp};
 use crate::tcg::state::rflags as rf;
 
@@ -55,21 +55,19 @@ pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
         Count::Dynamic(t) => t,
     };
     let skip_flags = b.label();
-    let result = match m {
+    match m {
         Mnemonic::Shl | Mnemonic::Sal | Mnemonic::Shr | Mnemonic::Sar => {
             let (r, src) = plain_shift(b, m, size, a, cnt);
             b.write_loc(dst, size, r);
             flag_guard(b, &c, cnt, skip_flags);
             let family = if matches!(m, Mnemonic::Shl | Mnemonic::Sal) { CcFamily::Shl } else { CcFamily::Sar };
             b.set_cc(family, size, r, Some(src), None);
-            r
         }
         Mnemonic::Rol | Mnemonic::Ror => {
             let r = rotate(b, m == Mnemonic::Rol, size, a, cnt);
             b.write_loc(dst, size, r);
             flag_guard(b, &c, cnt, skip_flags);
             rotate_flags(b, m == Mnemonic::Rol, size, r);
-            r
         }
         Mnemonic::Rcl | Mnemonic::Rcr => {
             let mode = b.movi(size as u64 | if m == Mnemonic::Rcl { 0x100 } else { 0 });
@@ -77,7 +75,6 @@ pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
             b.write_loc(dst, size, r);
             flag_guard(b, &c, cnt, skip_flags);
             b.call(&RCX_FLAGS, &[a, cnt, mode]);
-            r
         }
         Mnemonic::Shld | Mnemonic::Shrd => {
             let Some(src) = b.read_operand(insn, 1, size) else { return Lowered::Unsupported };
@@ -89,11 +86,9 @@ pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
             flag_guard(b, &c, cnt, skip_flags);
             let family = if m == Mnemonic::Shld { CcFamily::Shl } else { CcFamily::Sar };
             b.set_cc(family, size, r, Some(prev), None);
-            r
         }
         _ => return Lowered::Unsupported,
-    };
-    let _ = result;
+    }
     b.set_label(skip_flags);
     if let Count::Dynamic(_) = c {
         b.cc_known = None;
@@ -167,7 +162,6 @@ fn rotate_flags(b: &mut IrBuilder, left: bool, size: OpSize, r: Temp) {
     let f = b.bin(BinOp::Or, f, cf);
     let f = b.bin(BinOp::Or, f, of);
     b.set_rflags(f);
-    let _ = ConditionCode::None;
 }
 
 fn arg(args: &[u64], i: usize) -> u64 {
@@ -179,50 +173,26 @@ fn mode(args: &[u64], i: usize) -> (OpSize, bool) {
     (OpSize::from_bytes((m & 0xff) as usize).unwrap_or(OpSize::B8), m & 0x100 != 0)
 }
 
-/// RCL/RCR through CF: returns (result, new CF).
-fn rotate_through_carry(a: u64, cnt: u64, size: OpSize, left: bool, cf: bool) -> (u64, bool) {
-    let bits = u64::from(size.bits());
-    let n = match size {
-        OpSize::B1 => cnt % 9,
-        OpSize::B2 => cnt % 17,
-        _ => cnt,
-    };
-    let (mut v, mut c) = (a & size.mask(), cf);
-    for _ in 0..n {
-        if left {
-            let out = v >> (bits - 1) & 1 != 0;
-            v = ((v << 1) | u64::from(c)) & size.mask();
-            c = out;
-        } else {
-            let out = v & 1 != 0;
-            v = (v >> 1) | (u64::from(c) << (bits - 1));
-            c = out;
-        }
+fn rcx_kind(left: bool) -> RotateKind {
+    if left {
+        RotateKind::Rcl
+    } else {
+        RotateKind::Rcr
     }
-    (v, c)
 }
 
 fn helper_rcx_result(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exception> {
     let (size, left) = mode(args, 2);
-    let cf = super::cc::current_rflags(ctx.state) & rf::CF != 0;
-    Ok(rotate_through_carry(arg(args, 0), arg(args, 1), size, left, cf).0)
+    let f = flags::rflags(ctx.state);
+    Ok(flags::rotate_result(rcx_kind(left), size, arg(args, 0), arg(args, 1), f))
 }
 
 fn helper_rcx_flags(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exception> {
     let (size, left) = mode(args, 2);
-    let f = super::cc::current_rflags(ctx.state);
-    let (r, c) = rotate_through_carry(arg(args, 0), arg(args, 1), size, left, f & rf::CF != 0);
-    let msb = r >> (size.bits() - 1) & 1 != 0;
-    let of = if left { msb ^ c } else { msb ^ (r >> (size.bits() - 2) & 1 != 0) };
-    let mut f = f & !(rf::CF | rf::OF);
-    if c {
-        f |= rf::CF;
-    }
-    if of {
-        f |= rf::OF;
-    }
+    let f = flags::rflags(ctx.state);
+    let f = flags::rotate_flags(rcx_kind(left), size, arg(args, 0), arg(args, 1), f);
     ctx.state.rflags = f;
-    ctx.state.cc_op = crate::tcg::flags::CcOp::Eflags;
+    ctx.state.cc_op = flags::CcOp::Eflags;
     Ok(0)
 }
 

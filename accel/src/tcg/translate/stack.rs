@@ -178,7 +178,7 @@ fn helper_popf(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exception>
     if width == 2 {
         mask &= 0xffff;
     }
-    let old = super::cc::current_rflags(state);
+    let old = crate::tcg::flags::rflags(state);
     state.rflags = (old & !mask) | (value & mask) | rf::FIXED1;
     state.rflags &= !rf::RF;
     state.cc_op = CcOp::Eflags;

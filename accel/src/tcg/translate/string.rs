@@ -40,17 +40,16 @@ const REP_NE: u64 = 2;
 
 pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
     use Mnemonic as M;
-    let (kind, size) = match insn.mnemonic() {
-        M::Movsb | M::Movsw | M::Movsd | M::Movsq => (Kind::Movs, None),
-        M::Stosb | M::Stosw | M::Stosd | M::Stosq => (Kind::Stos, None),
-        M::Lodsb | M::Lodsw | M::Lodsd | M::Lodsq => (Kind::Lods, None),
-        M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Cmpsq => (Kind::Cmps, None),
-        M::Scasb | M::Scasw | M::Scasd | M::Scasq => (Kind::Scas, None),
-        M::Insb | M::Insw | M::Insd => (Kind::Ins, None::<usize>),
-        M::Outsb | M::Outsw | M::Outsd => (Kind::Outs, None),
+    let kind = match insn.mnemonic() {
+        M::Movsb | M::Movsw | M::Movsd | M::Movsq => Kind::Movs,
+        M::Stosb | M::Stosw | M::Stosd | M::Stosq => Kind::Stos,
+        M::Lodsb | M::Lodsw | M::Lodsd | M::Lodsq => Kind::Lods,
+        M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Cmpsq => Kind::Cmps,
+        M::Scasb | M::Scasw | M::Scasd | M::Scasq => Kind::Scas,
+        M::Insb | M::Insw | M::Insd => Kind::Ins,
+        M::Outsb | M::Outsw | M::Outsd => Kind::Outs,
         _ => return Lowered::Unsupported,
     };
-    let _ = size;
     // Element size and address size from the operands (the SSE MOVSD/CMPSD
     // share mnemonics with the string forms; those have no string operand).
     let mut elem = 0usize;
@@ -125,7 +124,11 @@ impl Regs {
         };
     }
     fn advance(&self, s: &mut X86State, r: usize) {
-        let v = if s.rflags & rf::DF != 0 { self.get(s, r).wrapping_sub(self.step) } else { self.get(s, r).wrapping_add(self.step) };
+        let v = if s.rflags & rf::DF != 0 {
+            self.get(s, r).wrapping_sub(self.step)
+        } else {
+            self.get(s, r).wrapping_add(self.step)
+        };
         self.set(s, r, v);
     }
 }
@@ -155,10 +158,8 @@ fn helper_string(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exceptio
     let src_seg = ((p >> 32) & 0xff) as usize;
     let regs = Regs { addr_mask, step: elem as u64 };
     if matches!(kind, Kind::Ins | Kind::Outs) {
-        let iopl = (ctx.state.rflags & rf::IOPL) >> 12;
-        if ctx.state.hflags & hflags::PE != 0 && u64::from(ctx.state.cpl()) > iopl {
-            return Err(Exception::gp0());
-        }
+        let port = ctx.state.gpr[reg::RDX] as u16;
+        crate::tcg::system::io_permitted(ctx.state, &mut *ctx.mem, port, elem.min(4) as u8)?;
     }
     for _ in 0..CHUNK {
         let s = &mut *ctx.state;

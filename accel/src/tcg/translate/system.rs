@@ -6,8 +6,6 @@
 //!
 //! Anything that can change the mode ends the block (RIP stored, lookup).
 
-use std::mem::offset_of;
-
 use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
 
 use super::builder::{seg_selector_offset, IrBuilder};
@@ -16,7 +14,7 @@ use crate::tcg::context::CpuContext;
 use crate::tcg::exception::Exception;
 use crate::tcg::flags::OpSize;
 use crate::tcg::ir::{BinOp, ExitKind, Helper, MemSize, StateParts, Temp};
-use crate::tcg::state::{ctrl, hflags, reg, seg, TableReg, X86State};
+use crate::tcg::state::{hflags, reg, seg};
 use crate::tcg::{interrupts, segmentation, system};
 
 fn arg(args: &[u64], i: usize) -> u64 {
@@ -41,8 +39,8 @@ fn seg_index(r: Register) -> usize {
 }
 
 fn apply(ctx: &mut CpuContext<'_>, effect: system::SystemEffect) {
-    if effect.flush_tlb {
-        ctx.mem.flush_tlb();
+    if effect.flush_tlb() {
+        ctx.mem.flush_tlb(effect.flush_global());
         ctx.requests.tlb_flushed = true;
     }
 }
@@ -51,8 +49,8 @@ fn apply(ctx: &mut CpuContext<'_>, effect: system::SystemEffect) {
 pub(super) fn lower_mov_special(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
     let (Ok(r0), r1) = (insn.try_op_register(0), insn.try_op_register(1)) else { return Lowered::Unsupported };
     let cpl0 = b.hflags & hflags::CPL_MASK == 0;
-    if insn.try_op_kind(0) == Ok(OpKind::Register) && r0.is_segment_register() {
-        let sel = if insn.try_op_kind(1) == Ok(OpKind::Memory) {
+    if insn.try_op_kind(0).is_ok_and(|k| k == OpKind::Register) && r0.is_segment_register() {
+        let sel = if insn.try_op_kind(1).is_ok_and(|k| k == OpKind::Memory) {
             let addr = b.ea(insn);
             b.load(addr, OpSize::B2)
         } else {
@@ -93,14 +91,15 @@ pub(super) fn lower_mov_special(b: &mut IrBuilder, insn: &Instruction) -> Lowere
         return Lowered::Next;
     }
     // Debug registers: stored, not acted on (no hardware breakpoints).
-    let dr = |r: Register| (offset_of!(X86State, dr) + 8 * ((r as usize) - (Register::DR0 as usize)).min(7)) as u32;
     if r0.is_dr() {
+        let n = b.movi((r0 as u64) - (Register::DR0 as u64));
         let v = b.read_reg(r1);
-        b.st_env(v, dr(r0), MemSize::B8);
-    } else {
-        let v = b.ld_env(dr(r1), MemSize::B8);
-        b.write_reg(r0, v);
+        b.call(&WRITE_DR, &[n, v]);
+        return end(b);
     }
+    let n = b.movi((r1 as u64) - (Register::DR0 as u64));
+    let v = b.call(&READ_DR, &[n]);
+    b.write_reg(r0, v);
     Lowered::Next
 }
 
@@ -130,8 +129,12 @@ fn far_pointer(b: &mut IrBuilder, insn: &Instruction) -> Option<(Temp, Temp, u64
 /// Far JMP/CALL (direct ptr16:xx or memory m16:xx).
 pub(super) fn lower_far(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
     let (off, sel, size) = match insn.try_op_kind(0) {
-        Ok(OpKind::FarBranch16) => (b.movi(u64::from(insn.far_branch16())), b.movi(u64::from(insn.far_branch_selector())), 2),
-        Ok(OpKind::FarBranch32) => (b.movi(u64::from(insn.far_branch32())), b.movi(u64::from(insn.far_branch_selector())), 4),
+        Ok(OpKind::FarBranch16) => {
+            (b.movi(u64::from(insn.far_branch16())), b.movi(u64::from(insn.far_branch_selector())), 2)
+        }
+        Ok(OpKind::FarBranch32) => {
+            (b.movi(u64::from(insn.far_branch32())), b.movi(u64::from(insn.far_branch_selector())), 4)
+        }
         Ok(OpKind::Memory) => {
             let Some(p) = far_pointer(b, insn) else { return Lowered::Unsupported };
             p
@@ -152,10 +155,8 @@ pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
     use Mnemonic as M;
     let m = insn.mnemonic();
     let cpl0 = b.hflags & hflags::CPL_MASK == 0;
-    let privileged = matches!(
-        m,
-        M::Lgdt | M::Lidt | M::Lldt | M::Ltr | M::Invlpg | M::Wbinvd | M::Invd | M::Clts | M::Lmsw | M::Wrmsr | M::Rdmsr
-    );
+    let privileged =
+        matches!(m, M::Lgdt | M::Lidt | M::Lldt | M::Ltr | M::Invlpg | M::Wbinvd | M::Invd | M::Clts | M::Lmsw);
     if privileged && !cpl0 {
         b.exit(ExitKind::Raise(Exception::gp0()));
         return Lowered::End;
@@ -197,30 +198,28 @@ pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
             b.write_reg(r, off);
             end(b)
         }
-        M::Lgdt | M::Lidt => {
+        M::Lgdt | M::Lidt | M::Sgdt | M::Sidt => {
             let addr = b.ea(insn);
-            let limit = b.load(addr, OpSize::B2);
-            let base_addr = b.bini(BinOp::Add, addr, 2);
-            let base = if b.code64() { b.load(base_addr, OpSize::B8) } else { b.load(base_addr, OpSize::B4) };
-            // 16-bit operand size keeps only 24 bits of the base.
-            let base = if insn.code() == Code::Lgdt_m1632_16 || insn.code() == Code::Lidt_m1632_16 {
-                b.bini(BinOp::And, base, 0xff_ffff)
+            let size = if b.code64() {
+                8
+            } else if matches!(insn.code(), Code::Lgdt_m1632_16 | Code::Lidt_m1632_16) {
+                2
             } else {
-                base
+                4
             };
-            let which = b.movi(u64::from(m == M::Lidt));
-            b.call(&LOAD_TABLE, &[base, limit, which]);
-            end(b)
-        }
-        M::Sgdt | M::Sidt => {
-            let table = if m == M::Sgdt { offset_of!(X86State, gdtr) } else { offset_of!(X86State, idtr) };
-            let limit = b.ld_env((table + offset_of!(TableReg, limit)) as u32, MemSize::B2);
-            let base = b.ld_env((table + offset_of!(TableReg, base)) as u32, MemSize::B8);
-            let addr = b.ea(insn);
-            b.store(limit, addr, OpSize::B2);
-            let base_addr = b.bini(BinOp::Add, addr, 2);
-            b.store(base, base_addr, if b.code64() { OpSize::B8 } else { OpSize::B4 });
-            Lowered::Next
+            let which = match m {
+                M::Lgdt => 0,
+                M::Lidt => 1,
+                M::Sgdt => 2,
+                _ => 3,
+            };
+            let mode = b.movi(which | size << 8);
+            b.call(&DESCRIPTOR_TABLE, &[addr, mode]);
+            if matches!(m, M::Lgdt | M::Lidt) {
+                end(b)
+            } else {
+                Lowered::Next
+            }
         }
         M::Lldt | M::Ltr => {
             let Some(sel) = b.read_operand(insn, 0, OpSize::B2) else { return Lowered::Unsupported };
@@ -228,17 +227,13 @@ pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
             b.call(&LOAD_SYSTEM_SEG, &[sel, which]);
             end(b)
         }
-        M::Sldt | M::Str => {
-            let field = if m == M::Sldt { offset_of!(X86State, ldtr) } else { offset_of!(X86State, tr) };
-            let field = field + offset_of!(crate::tcg::state::SegmentCache, selector);
-            let v = b.ld_env(field as u32, MemSize::B2);
-            let Some(loc) = b.loc(insn, 0) else { return Lowered::Unsupported };
-            let size = super::builder::operand_size(insn, 0).unwrap_or(OpSize::B2);
-            b.write_loc(loc, size, v);
-            Lowered::Next
-        }
-        M::Smsw => {
-            let v = b.ld_env(offset_of!(X86State, cr0) as u32, MemSize::B8);
+        M::Sldt | M::Str | M::Smsw => {
+            let which = b.movi(match m {
+                M::Sldt => 0,
+                M::Str => 1,
+                _ => 2,
+            });
+            let v = b.call(&STORE_SYSTEM_REG, &[which]);
             let Some(loc) = b.loc(insn, 0) else { return Lowered::Unsupported };
             let size = super::builder::operand_size(insn, 0).unwrap_or(OpSize::B2);
             b.write_loc(loc, size, v);
@@ -334,45 +329,65 @@ fn helper_read_cr(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Excepti
     system::read_cr(ctx.state, arg(args, 0) as u8)
 }
 
-fn helper_load_table(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exception> {
-    let (base, limit) = (arg(args, 0), arg(args, 1) as u16);
-    if arg(args, 2) == 0 {
-        system::lgdt(ctx.state, base, limit)?;
-    } else {
-        system::lidt(ctx.state, base, limit)?;
+/// `args`: linear address, which (LGDT, LIDT, SGDT, SIDT) | operand size << 8.
+fn helper_descriptor_table(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exception> {
+    let (addr, mode) = (arg(args, 0), arg(args, 1));
+    let size = (mode >> 8) as u8;
+    let mem = &mut *ctx.mem;
+    match mode & 0xff {
+        0 => system::lgdt(ctx.state, mem, addr, size)?,
+        1 => system::lidt(ctx.state, mem, addr, size)?,
+        2 => system::sgdt(ctx.state, mem, addr)?,
+        _ => system::sidt(ctx.state, mem, addr)?,
     }
+    Ok(0)
+}
+
+/// SLDT (0), STR (1), SMSW (2).
+fn helper_store_system_reg(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exception> {
+    Ok(match arg(args, 0) {
+        0 => u64::from(system::sldt(ctx.state)?),
+        1 => u64::from(system::str(ctx.state)?),
+        _ => system::smsw(ctx.state),
+    })
+}
+
+fn helper_read_dr(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exception> {
+    system::read_dr(ctx.state, arg(args, 0) as u8)
+}
+
+fn helper_write_dr(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exception> {
+    let effect = system::write_dr(ctx.state, arg(args, 0) as u8, arg(args, 1))?;
+    apply(ctx, effect);
     Ok(0)
 }
 
 fn helper_load_system_seg(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exception> {
     let sel = arg(args, 0) as u16;
     if arg(args, 1) == 0 {
-        segmentation::load_ldt(ctx.state, &mut *ctx.mem, sel)?;
+        system::lldt(ctx.state, &mut *ctx.mem, sel)?;
     } else {
-        segmentation::load_tr(ctx.state, &mut *ctx.mem, sel)?;
+        system::ltr(ctx.state, &mut *ctx.mem, sel)?;
     }
     Ok(0)
 }
 
 fn helper_lmsw(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exception> {
-    // LMSW sets PE/MP/EM/TS but cannot clear PE.
-    let cr0 = ctx.state.cr0;
-    let v = (cr0 & !0xe) | (arg(args, 0) & 0xf) | (cr0 & ctrl::CR0_PE);
-    let effect = system::write_cr(ctx.state, 0, v)?;
+    let effect = system::lmsw(ctx.state, arg(args, 0) as u16)?;
     apply(ctx, effect);
     Ok(0)
 }
 
 fn helper_clts(ctx: &mut CpuContext<'_>, _: &[u64]) -> Result<u64, Exception> {
-    let v = ctx.state.cr0 & !ctrl::CR0_TS;
-    let effect = system::write_cr(ctx.state, 0, v)?;
+    let effect = system::clts(ctx.state)?;
     apply(ctx, effect);
     Ok(0)
 }
 
 fn helper_cpuid(ctx: &mut CpuContext<'_>, _: &[u64]) -> Result<u64, Exception> {
     let g = &ctx.state.gpr;
-    let r = system::cpuid(ctx.state, g[reg::RAX] as u32, g[reg::RCX] as u32);
+    let r =
+        system::cpuid(ctx.state, u32::from(ctx.cpu_id), u32::from(ctx.vcpus), g[reg::RAX] as u32, g[reg::RCX] as u32);
     for (i, v) in [reg::RAX, reg::RBX, reg::RCX, reg::RDX].into_iter().zip(r) {
         ctx.state.gpr[i] = u64::from(v);
     }
@@ -395,14 +410,12 @@ fn helper_wrmsr(ctx: &mut CpuContext<'_>, _: &[u64]) -> Result<u64, Exception> {
 }
 
 fn helper_rdtsc(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exception> {
-    if ctx.state.cr4 & ctrl::CR4_TSD != 0 && ctx.state.cpl() != 0 {
-        return Err(Exception::gp0());
-    }
-    let t = system::rdtsc(ctx.state);
+    system::check_rdtsc(ctx.state)?;
+    let (t, aux) = system::rdtscp(ctx.state);
     ctx.state.gpr[reg::RAX] = t & 0xffff_ffff;
     ctx.state.gpr[reg::RDX] = t >> 32;
     if arg(args, 0) != 0 {
-        ctx.state.gpr[reg::RCX] = ctx.state.msr.tsc_aux & 0xffff_ffff;
+        ctx.state.gpr[reg::RCX] = u64::from(aux);
     }
     Ok(0)
 }
@@ -445,7 +458,10 @@ helper!(FAR_RET, helper_far_ret, true, ALL, ALL);
 helper!(IRET, helper_iret, true, ALL, ALL);
 helper!(WRITE_CR, helper_write_cr, true, SYS, SYS);
 helper!(READ_CR, helper_read_cr, true, SYS, StateParts::NONE);
-helper!(LOAD_TABLE, helper_load_table, true, SYS, SYS);
+helper!(DESCRIPTOR_TABLE, helper_descriptor_table, true, SYS, SYS);
+helper!(STORE_SYSTEM_REG, helper_store_system_reg, true, SYS, StateParts::NONE);
+helper!(READ_DR, helper_read_dr, true, SYS, StateParts::NONE);
+helper!(WRITE_DR, helper_write_dr, true, SYS, SYS);
 helper!(LOAD_SYSTEM_SEG, helper_load_system_seg, true, ALL, SYS);
 helper!(LMSW, helper_lmsw, true, SYS, SYS);
 helper!(CLTS, helper_clts, true, SYS, SYS);
@@ -457,4 +473,3 @@ helper!(SYSCALL, helper_syscall, true, ALL, ALL);
 helper!(SYSRET, helper_sysret, true, ALL, ALL);
 helper!(SWAPGS, helper_swapgs, true, SYS, StateParts::SEGS.union(SYS));
 helper!(INVLPG, helper_invlpg, false, SYS, StateParts::NONE);
-

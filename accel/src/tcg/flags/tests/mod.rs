@@ -99,17 +99,10 @@ fn all_conds() -> impl Iterator<Item = X86Cond> {
 }
 
 fn show(f: u64) -> String {
-    [
-        (rf::OF, 'O'),
-        (rf::SF, 'S'),
-        (rf::ZF, 'Z'),
-        (rf::AF, 'A'),
-        (rf::PF, 'P'),
-        (rf::CF, 'C'),
-    ]
-    .iter()
-    .map(|&(b, c)| if f & b != 0 { c } else { '.' })
-    .collect()
+    [(rf::OF, 'O'), (rf::SF, 'S'), (rf::ZF, 'Z'), (rf::AF, 'A'), (rf::PF, 'P'), (rf::CF, 'C')]
+        .iter()
+        .map(|&(b, c)| if f & b != 0 { c } else { '.' })
+        .collect()
 }
 
 /// Collects mismatches of one family and reports them all at the end.
@@ -123,12 +116,7 @@ struct Check {
 
 impl Check {
     fn new(name: &'static str) -> Self {
-        Check {
-            name,
-            cases: 0,
-            failures: 0,
-            examples: Vec::new(),
-        }
+        Check { name, cases: 0, failures: 0, examples: Vec::new() }
     }
 
     fn fail(&mut self, msg: String) {
@@ -164,31 +152,17 @@ impl Check {
 
     /// Every condition that reads only flags outside `undefined` must agree
     /// between the CPU's flags and `eval` on the lazy state.
-    fn conds(
-        &mut self,
-        ctx: &dyn Fn() -> String,
-        hw: u64,
-        undefined: u64,
-        eval: &dyn Fn(X86Cond) -> bool,
-    ) {
+    fn conds(&mut self, ctx: &dyn Fn() -> String, hw: u64, undefined: u64, eval: &dyn Fn(X86Cond) -> bool) {
         for c in all_conds() {
             if cond_reads(c) & undefined == 0 && c.eval_flags(hw) != eval(c) {
-                self.fail(format!(
-                    "{}: {c:?} cpu flags {} say {}",
-                    ctx(),
-                    show(hw),
-                    c.eval_flags(hw)
-                ));
+                self.fail(format!("{}: {c:?} cpu flags {} say {}", ctx(), show(hw), c.eval_flags(hw)));
             }
         }
     }
 
     /// Panics with the collected mismatches; returns the number of cases.
     fn finish(self) -> u64 {
-        println!(
-            "{}: {} cases, {} failed checks",
-            self.name, self.cases, self.failures
-        );
+        println!("{}: {} cases, {} failed checks", self.name, self.cases, self.failures);
         assert!(
             self.failures == 0,
             "{}: {} failed checks in {} cases, e.g.\n{}",
@@ -208,11 +182,7 @@ fn ccop_family_and_size_round_trip() {
     for family in FAMILIES {
         for size in SIZES {
             let op = CcOp::sized(family, size);
-            assert_eq!(
-                (op.family(), op.size()),
-                (Some(family), Some(size)),
-                "{op:?}"
-            );
+            assert_eq!((op.family(), op.size()), (Some(family), Some(size)), "{op:?}");
             assert_eq!(CcOp::from_u64(op as u64), Some(op));
         }
     }
@@ -255,19 +225,11 @@ fn fast_paths_agree_with_compute_flags() {
             assert_eq!(flags & !rf::ARITH, 0);
             if op != CcOp::Eflags {
                 assert_eq!(flags, compute_flags(op, dst, src, src2));
-                assert_eq!(
-                    compute_cf(op, dst, src, src2),
-                    flags & rf::CF != 0,
-                    "{op:?} {dst:#x} {src:#x}"
-                );
+                assert_eq!(compute_cf(op, dst, src, src2), flags & rf::CF != 0, "{op:?} {dst:#x} {src:#x}");
             }
             for c in all_conds() {
                 let got = eval_cond(c, op, dst, src, src2, eflags);
-                assert_eq!(
-                    got,
-                    c.eval_flags(flags),
-                    "{c:?} {op:?} {dst:#x} {src:#x} {src2:#x}"
-                );
+                assert_eq!(got, c.eval_flags(flags), "{c:?} {op:?} {dst:#x} {src:#x} {src2:#x}");
             }
             cases += 1;
         }
@@ -281,14 +243,7 @@ fn eflags_op_reads_rflags() {
     assert!(!compute_cf(CcOp::Eflags, 0, 1, 0));
     assert!(eval_cond(X86Cond::B, CcOp::Eflags, 0, 0, 0, rf::CF));
     assert!(eval_cond(X86Cond::L, CcOp::Eflags, 0, 0, 0, rf::SF));
-    assert!(!eval_cond(
-        X86Cond::L,
-        CcOp::Eflags,
-        0,
-        0,
-        0,
-        rf::SF | rf::OF
-    ));
+    assert!(!eval_cond(X86Cond::L, CcOp::Eflags, 0, 0, 0, rf::SF | rf::OF));
 }
 
 #[test]
@@ -300,28 +255,14 @@ fn rflags_round_trip() {
     s.cc_dst = 0xff;
     s.cc_src = 2;
     let f = rflags(&s);
-    assert_eq!(
-        f,
-        rf::IF | rf::DF | rf::ID | rf::FIXED1 | rf::CF | rf::SF | rf::AF | rf::PF
-    );
-    assert!(
-        eval_cond_state(&s, X86Cond::B)
-            && eval_cond_state(&s, X86Cond::L)
-            && !eval_cond_state(&s, X86Cond::E)
-    );
+    assert_eq!(f, rf::IF | rf::DF | rf::ID | rf::FIXED1 | rf::CF | rf::SF | rf::AF | rf::PF);
+    assert!(eval_cond_state(&s, X86Cond::B) && eval_cond_state(&s, X86Cond::L) && !eval_cond_state(&s, X86Cond::E));
 
     set_rflags_arith(&mut s, rf::ZF | rf::OF | rf::TF | rf::VM);
     assert_eq!(s.cc_op, CcOp::Eflags);
     // Only the arithmetic bits are taken; system bits are untouched.
-    assert_eq!(
-        rflags(&s),
-        rf::IF | rf::DF | rf::ID | rf::FIXED1 | rf::ZF | rf::OF
-    );
-    assert!(
-        eval_cond_state(&s, X86Cond::E)
-            && eval_cond_state(&s, X86Cond::O)
-            && !eval_cond_state(&s, X86Cond::B)
-    );
+    assert_eq!(rflags(&s), rf::IF | rf::DF | rf::ID | rf::FIXED1 | rf::ZF | rf::OF);
+    assert!(eval_cond_state(&s, X86Cond::E) && eval_cond_state(&s, X86Cond::O) && !eval_cond_state(&s, X86Cond::B));
 
     // Bit 1 always reads as set, even if the stored value lost it.
     s.rflags = 0;
@@ -332,12 +273,7 @@ fn rflags_round_trip() {
 fn rotate_count_zero_and_total() {
     let mut rng = Rng::new(7);
     for size in SIZES {
-        for kind in [
-            RotateKind::Rol,
-            RotateKind::Ror,
-            RotateKind::Rcl,
-            RotateKind::Rcr,
-        ] {
+        for kind in [RotateKind::Rol, RotateKind::Ror, RotateKind::Rcl, RotateKind::Rcr] {
             for count in [0u64, 32, 64, 256, 1 << 40] {
                 // These counts mask to 0 for 8/16/32-bit (and 64-bit but 32).
                 if size == OpSize::B8 && count == 32 {

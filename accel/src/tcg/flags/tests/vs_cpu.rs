@@ -21,16 +21,7 @@ fn sx(size: OpSize, v: u64) -> i64 {
 
 /// Checks flags and all defined conditions of one lazy state against the CPU.
 #[allow(clippy::too_many_arguments)]
-fn lazy(
-    chk: &mut Check,
-    ctx: &dyn Fn() -> String,
-    hw: u64,
-    undefined: u64,
-    op: CcOp,
-    dst: u64,
-    src: u64,
-    src2: u64,
-) {
+fn lazy(chk: &mut Check, ctx: &dyn Fn() -> String, hw: u64, undefined: u64, op: CcOp, dst: u64, src: u64, src2: u64) {
     chk.flags(ctx, hw, compute_flags(op, dst, src, src2), undefined);
     chk.conds(ctx, hw, undefined, &|c| eval_cond(c, op, dst, src, src2, 0));
 }
@@ -46,30 +37,12 @@ fn add_adc() {
             let ctx = || format!("{size:?} {a:#x} {b:#x} in {}", show(fin));
             let (r, f) = cpu::add(size, a, b, fin);
             chk.value(&ctx, r, a.wrapping_add(b) & m);
-            lazy(
-                &mut chk,
-                &ctx,
-                f,
-                0,
-                CcOp::sized(CcFamily::Add, size),
-                r,
-                b,
-                0,
-            );
+            lazy(&mut chk, &ctx, f, 0, CcOp::sized(CcFamily::Add, size), r, b, 0);
 
             let cin = fin & rf::CF;
             let (r, f) = cpu::adc(size, a, b, fin);
             chk.value(&ctx, r, a.wrapping_add(b).wrapping_add(cin) & m);
-            lazy(
-                &mut chk,
-                &ctx,
-                f,
-                0,
-                CcOp::sized(CcFamily::Adc, size),
-                r,
-                b,
-                cin,
-            );
+            lazy(&mut chk, &ctx, f, 0, CcOp::sized(CcFamily::Adc, size), r, b, cin);
         }
     }
     chk.finish();
@@ -86,44 +59,17 @@ fn sub_sbb_neg() {
             let ctx = || format!("{size:?} {a:#x} {b:#x} in {}", show(fin));
             let (r, f) = cpu::sub(size, a, b, fin);
             chk.value(&ctx, r, a.wrapping_sub(b) & m);
-            lazy(
-                &mut chk,
-                &ctx,
-                f,
-                0,
-                CcOp::sized(CcFamily::Sub, size),
-                r,
-                b,
-                0,
-            );
+            lazy(&mut chk, &ctx, f, 0, CcOp::sized(CcFamily::Sub, size), r, b, 0);
 
             let bin = fin & rf::CF;
             let (r, f) = cpu::sbb(size, a, b, fin);
             chk.value(&ctx, r, a.wrapping_sub(b).wrapping_sub(bin) & m);
-            lazy(
-                &mut chk,
-                &ctx,
-                f,
-                0,
-                CcOp::sized(CcFamily::Sbb, size),
-                r,
-                b,
-                bin,
-            );
+            lazy(&mut chk, &ctx, f, 0, CcOp::sized(CcFamily::Sbb, size), r, b, bin);
 
             // NEG a = SUB 0, a: cc_dst = -a, cc_src = a.
             let (r, f) = cpu::neg(size, a, fin);
             chk.value(&ctx, r, a.wrapping_neg() & m);
-            lazy(
-                &mut chk,
-                &ctx,
-                f,
-                0,
-                CcOp::sized(CcFamily::Sub, size),
-                r,
-                a,
-                0,
-            );
+            lazy(&mut chk, &ctx, f, 0, CcOp::sized(CcFamily::Sub, size), r, a, 0);
         }
     }
     chk.finish();
@@ -165,28 +111,10 @@ fn inc_dec() {
             let cf = fin & rf::CF;
             let (r, f) = cpu::inc(size, a, fin);
             chk.value(&ctx, r, a.wrapping_add(1) & m);
-            lazy(
-                &mut chk,
-                &ctx,
-                f,
-                0,
-                CcOp::sized(CcFamily::Inc, size),
-                r,
-                cf,
-                0,
-            );
+            lazy(&mut chk, &ctx, f, 0, CcOp::sized(CcFamily::Inc, size), r, cf, 0);
             let (r, f) = cpu::dec(size, a, fin);
             chk.value(&ctx, r, a.wrapping_sub(1) & m);
-            lazy(
-                &mut chk,
-                &ctx,
-                f,
-                0,
-                CcOp::sized(CcFamily::Dec, size),
-                r,
-                cf,
-                0,
-            );
+            lazy(&mut chk, &ctx, f, 0, CcOp::sized(CcFamily::Dec, size), r, cf, 0);
         }
     }
     chk.finish();
@@ -212,56 +140,25 @@ fn shifts() {
 
             let (r, f) = cpu::shl(size, a, raw, fin);
             chk.value(&ctx, r, (a << c) & m);
-            lazy(
-                &mut chk,
-                &ctx,
-                f,
-                of_undef,
-                CcOp::sized(CcFamily::Shl, size),
-                r,
-                (a << (c - 1)) & m,
-                0,
-            );
+            lazy(&mut chk, &ctx, f, of_undef, CcOp::sized(CcFamily::Shl, size), r, (a << (c - 1)) & m, 0);
             // The documented host rule for that OF: its first 1-bit step.
             chk.host_rule(&ctx, f, (msb(size, a) ^ msb(size, a << 1)) * rf::OF, rf::OF);
 
             let (r, f) = cpu::shr(size, a, raw, fin);
             chk.value(&ctx, r, a >> c);
-            lazy(
-                &mut chk,
-                &ctx,
-                f,
-                of_undef,
-                CcOp::sized(CcFamily::Sar, size),
-                r,
-                a >> (c - 1),
-                0,
-            );
+            lazy(&mut chk, &ctx, f, of_undef, CcOp::sized(CcFamily::Sar, size), r, a >> (c - 1), 0);
             chk.host_rule(&ctx, f, msb(size, a) * rf::OF, rf::OF);
 
             // SAR's OF (0) matches the host for every count: compared.
             let (r, f) = cpu::sar(size, a, raw, fin);
             chk.value(&ctx, r, (sx(size, a) >> c) as u64 & m);
-            lazy(
-                &mut chk,
-                &ctx,
-                f,
-                0,
-                CcOp::sized(CcFamily::Sar, size),
-                r,
-                (sx(size, a) >> (c - 1)) as u64 & m,
-                0,
-            );
+            lazy(&mut chk, &ctx, f, 0, CcOp::sized(CcFamily::Sar, size), r, (sx(size, a) >> (c - 1)) as u64 & m, 0);
         }
         // Masked count 0: no flag changes (the frontend keeps cc_*).
         for raw in [0u8, (max + 1) as u8] {
             let (a, fin) = (rng.operand(), rng.flags());
             let ctx = || format!("{size:?} {a:#x} count {raw} in {}", show(fin));
-            for f in [
-                cpu::shl(size, a, raw, fin).1,
-                cpu::shr(size, a, raw, fin).1,
-                cpu::sar(size, a, raw, fin).1,
-            ] {
+            for f in [cpu::shl(size, a, raw, fin).1, cpu::shr(size, a, raw, fin).1, cpu::sar(size, a, raw, fin).1] {
                 chk.flags(&ctx, f, fin, 0);
             }
         }
@@ -303,16 +200,7 @@ fn double_shifts() {
             let (r, f) = cpu::shld(size, a, b, c as u8, fin);
             chk.value(&ctx, r, shld_model(size, a, b, c));
             let op = CcOp::sized(CcFamily::Shl, size);
-            lazy(
-                &mut chk,
-                &ctx,
-                f,
-                of_undef,
-                op,
-                r,
-                shld_model(size, a, b, c - 1),
-                0,
-            );
+            lazy(&mut chk, &ctx, f, of_undef, op, r, shld_model(size, a, b, c - 1), 0);
             // Host OF for any count: the sign change of the first 1-bit step.
             let first = shld_model(size, a, b, 1);
             chk.host_rule(&ctx, f, (msb(size, a) ^ msb(size, first)) * rf::OF, rf::OF);
@@ -320,16 +208,7 @@ fn double_shifts() {
             let (r, f) = cpu::shrd(size, a, b, c as u8, fin);
             chk.value(&ctx, r, shrd_model(size, a, b, c));
             let op = CcOp::sized(CcFamily::Sar, size);
-            lazy(
-                &mut chk,
-                &ctx,
-                f,
-                of_undef,
-                op,
-                r,
-                shrd_model(size, a, b, c - 1),
-                0,
-            );
+            lazy(&mut chk, &ctx, f, of_undef, op, r, shrd_model(size, a, b, c - 1), 0);
             let first = shrd_model(size, a, b, 1);
             chk.host_rule(&ctx, f, (msb(size, a) ^ msb(size, first)) * rf::OF, rf::OF);
         }
@@ -420,20 +299,16 @@ fn conditions_setcc() {
             let ctx = || format!("{size:?} {a:#x} {b:#x} in {}", show(fin));
             let sub = (CcOp::sized(CcFamily::Sub, size), a.wrapping_sub(b) & m, b);
             let logic = (CcOp::sized(CcFamily::Logic, size), a & b & m, 0);
-            for ((f, set), (op, dst, src)) in [
-                (cpu::cmp_setcc(size, a, b, fin), sub),
-                (cpu::test_setcc(size, a, b, fin), logic),
-            ] {
+            for ((f, set), (op, dst, src)) in
+                [(cpu::cmp_setcc(size, a, b, fin), sub), (cpu::test_setcc(size, a, b, fin), logic)]
+            {
                 chk.flags(&ctx, f, compute_flags(op, dst, src, 0), 0);
                 for c in all_conds() {
                     let hw = set[c as usize] != 0;
                     let lazy = eval_cond(c, op, dst, src, 0, 0);
                     let materialised = eval_cond(c, CcOp::Eflags, dst, src, 0, f);
                     if hw != lazy || hw != materialised {
-                        chk.fail(format!(
-                            "{}: {op:?} {c:?} setcc {hw} lazy {lazy} eflags {materialised}",
-                            ctx()
-                        ));
+                        chk.fail(format!("{}: {op:?} {c:?} setcc {hw} lazy {lazy} eflags {materialised}", ctx()));
                     }
                 }
             }
@@ -467,17 +342,10 @@ fn bmi_and_bit_scans() {
             let am = a & m;
             let ctx = || format!("{size:?} {a:#x} {b:#x} in {}", show(fin));
             let tz = if am == 0 { bits } else { am.trailing_zeros() };
-            let lz = if am == 0 {
-                bits
-            } else {
-                am.leading_zeros() - (64 - bits)
-            };
+            let lz = if am == 0 { bits } else { am.leading_zeros() - (64 - bits) };
 
             // BSF/BSR: Logic with 0 for a zero source, else index | 0x100.
-            for (hw, index) in [
-                (cpu::bsf(size, a, fin), tz),
-                (cpu::bsr(size, a, fin), (bits - 1).wrapping_sub(lz)),
-            ] {
+            for (hw, index) in [(cpu::bsf(size, a, fin), tz), (cpu::bsr(size, a, fin), (bits - 1).wrapping_sub(lz))] {
                 if am != 0 {
                     chk.value(&ctx, hw.0, u64::from(index));
                 }
@@ -518,32 +386,11 @@ fn bmi_and_bit_scans() {
             }
             if bmi2 {
                 // Index in bits 7:0; bias it towards the interesting 0..=bits+1.
-                let idx = if b & 0x100 != 0 {
-                    b % u64::from(bits + 2)
-                } else {
-                    b
-                };
+                let idx = if b & 0x100 != 0 { b % u64::from(bits + 2) } else { b };
                 let n = idx & 0xff;
                 let (r, f) = cpu::bzhi(size, a, idx, fin);
-                chk.value(
-                    &ctx,
-                    r,
-                    if n >= u64::from(bits) {
-                        am
-                    } else {
-                        am & ((1 << n) - 1)
-                    },
-                );
-                lazy(
-                    &mut chk,
-                    &ctx,
-                    f,
-                    0,
-                    bmi,
-                    r,
-                    u64::from(n < u64::from(bits)),
-                    0,
-                );
+                chk.value(&ctx, r, if n >= u64::from(bits) { am } else { am & ((1 << n) - 1) });
+                lazy(&mut chk, &ctx, f, 0, bmi, r, u64::from(n < u64::from(bits)), 0);
             }
         }
     }
