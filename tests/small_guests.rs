@@ -80,6 +80,11 @@ macro_rules! engine_tests {
             #[test]
             fn every_vcpu_runs() {
                 if !engine_available(ACCEL, "apic-id") { return; }
+                if ACCEL == "tcg" {
+                    // INIT/SIPI need the emulated LAPIC (issue 4).
+                    println!("SKIP every_vcpu_runs under tcg: no emulated LAPIC yet");
+                    return;
+                }
                 for cpus in [2u8, 4] {
                     let n = cpus.to_string();
                     let run = run_guest(ACCEL, "apic-id", &["--cpus", &n]);
@@ -155,4 +160,4 @@ fn assert_boot_report_common(run: &Run) {
     run.assert_stdout_has(&format!("{p}user result={:016x}\n", guests::BOOT_REPORT_USER_RESULT));
 }
 
-engine_tests!(kvm);
+engine_tests!(kvm, tcg);

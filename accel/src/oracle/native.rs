@@ -31,7 +31,7 @@ use super::{
 };
 
 /// Cases per child process.
-const BATCH: usize = 512;
+const BATCH: usize = 2048;
 const ALT_STACK: usize = 64 * 1024;
 /// RFLAGS.TF and RFLAGS.AC: never left set for a case.
 const TF_AC: u64 = (1 << 8) | (1 << 18);
@@ -115,10 +115,45 @@ const _: () = assert!(size_of::<Header>() <= SLOTS_AT);
 struct Shared {
     base: *mut u8,
     len: usize,
+    /// Slots in use by the current batch.
     count: usize,
+    /// Slots the mapping holds.
+    capacity: usize,
+}
+
+thread_local! {
+    /// Each thread's batch area, kept between batches: a fresh shared
+    /// mapping costs a page fault per page touched.
+    static AREA: std::cell::RefCell<Option<Shared>> = const { std::cell::RefCell::new(None) };
 }
 
 impl Shared {
+    /// A mapping for `count` slots, reused if this thread has one as large.
+    fn with<T>(count: usize, f: impl FnOnce(&mut Shared) -> T) -> Result<T, OracleError> {
+        AREA.with(|area| {
+            let mut area = area.borrow_mut();
+            let reuse = matches!(&*area, Some(s) if s.capacity >= count);
+            if !reuse {
+                *area = None;
+                *area = Some(Shared::new(count)?);
+            }
+            let Some(shared) = area.as_mut() else {
+                return Err(OracleError::Scaffold("batch area vanished".into()));
+            };
+            shared.count = count;
+            *shared.header() = Header {
+                count: count as u64,
+                current: 0,
+                started: 0,
+                done: 0,
+                code_alias: 0,
+                setup_stage: 0,
+                setup_errno: 0,
+            };
+            Ok(f(shared))
+        })
+    }
+
     fn new(count: usize) -> Result<Shared, OracleError> {
         let len = SLOTS_AT + count * size_of::<Slot>();
         // SAFETY: a fresh anonymous mapping; no existing memory is touched.
@@ -139,6 +174,7 @@ impl Shared {
             base: base.cast(),
             len,
             count,
+            capacity: count,
         })
     }
 
@@ -181,7 +217,7 @@ pub fn run_native(case: &TestCase) -> Result<Outcome, OracleError> {
         .ok_or_else(|| OracleError::Scaffold("empty native batch result".into()))
 }
 
-/// Runs cases natively, one child process per batch of 512.
+/// Runs cases natively, one child process per batch of 2048.
 pub fn run_native_batch(cases: &[TestCase]) -> Result<Vec<Outcome>, OracleError> {
     let mut out = Vec::with_capacity(cases.len());
     for chunk in cases.chunks(BATCH) {
@@ -206,8 +242,10 @@ fn check(case: &TestCase) -> Result<(), OracleError> {
 
 fn run_chunk(cases: &[TestCase]) -> Result<Vec<Outcome>, OracleError> {
     cases.iter().try_for_each(check)?;
-    let mut shared = Shared::new(cases.len())?;
-    shared.header().count = cases.len() as u64;
+    Shared::with(cases.len(), |shared| run_in(shared, cases))?
+}
+
+fn run_in(shared: &mut Shared, cases: &[TestCase]) -> Result<Vec<Outcome>, OracleError> {
     for (i, case) in cases.iter().enumerate() {
         let Some(slot) = shared.slot(i) else { break };
         slot.code_len = case.code.len() as u64;
@@ -225,7 +263,7 @@ fn run_chunk(cases: &[TestCase]) -> Result<Vec<Outcome>, OracleError> {
     }
     if pid == 0 {
         // SAFETY: in the child, which never returns from here.
-        unsafe { child_main(shared.base) }
+        unsafe { child_main(shared.base, SLOTS_AT + cases.len() * size_of::<Slot>()) }
     }
     let status = wait(pid)?;
     let header = shared.header();
@@ -318,7 +356,7 @@ unsafe fn fail(header: *mut Header, stage: u64) -> ! {
 ///
 /// # Safety
 /// Only in a freshly forked child; `shared` is the batch's shared area.
-unsafe fn child_main(shared: *mut u8) -> ! {
+unsafe fn child_main(shared: *mut u8, shared_len: usize) -> ! {
     SHARED.store(shared, Ordering::Relaxed);
     let h = shared.cast::<Header>();
     let rw = libc::PROT_READ | libc::PROT_WRITE;
@@ -328,6 +366,10 @@ unsafe fn child_main(shared: *mut u8) -> ! {
     // memfd it creates, and on fresh anonymous mappings.
     unsafe {
         libc::alarm(2);
+        // Fork copies no page-table entries for shared mappings: fault the
+        // batch's part of the area in at once rather than page by page (a
+        // hint: on failure, the pages just fault in as they are touched).
+        libc::madvise(shared.cast(), shared_len, libc::MADV_POPULATE_WRITE);
         let window_len = (WINDOW_END - CODE) as usize;
         let at = |a: u64| a as *mut c_void;
         let r = libc::mmap(

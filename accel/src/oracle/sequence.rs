@@ -550,7 +550,7 @@ impl Gen {
             }) else {
                 continue;
             };
-            let Some(form) = self.rng.pick(&fam.forms.iter().collect::<Vec<_>>()) else {
+            let Some(form) = fam.forms.get(self.rng.below(fam.forms.len() as u64) as usize) else {
                 continue;
             };
             let Some(instr) = self.instance(form) else { continue };
@@ -575,14 +575,19 @@ fn join(a: Option<u32>, b: Option<u32>) -> Option<u32> {
     }
 }
 
-/// Random page contents: mostly noise, with edge values mixed in.
+/// Random page contents: noise, with edge values at random 8-byte slots.
 fn page(rng: &mut Rng) -> Vec<u8> {
-    (0..PAGE / 8)
-        .flat_map(|_| {
-            let v = if rng.chance(25) { rng.value() } else { rng.next() };
-            v.to_le_bytes()
-        })
-        .collect()
+    let mut words = [0u64; PAGE / 8];
+    words.iter_mut().for_each(|w| *w = rng.next());
+    for _ in 0..64 {
+        let at = rng.below(words.len() as u64) as usize;
+        words[at] = rng.value();
+    }
+    let mut bytes = Vec::with_capacity(PAGE);
+    for w in words {
+        bytes.extend_from_slice(&w.to_le_bytes());
+    }
+    bytes
 }
 
 /// Generates the case for `seed`.

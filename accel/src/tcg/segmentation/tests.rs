@@ -274,3 +274,29 @@ fn garbage_descriptors_never_panic() {
         let _ = name;
     }
 }
+
+#[test]
+fn far_call_64bit_gate_to_inner_privilege_and_back() {
+    let mut m = FlatMem::new(0x20000);
+    write_gdt64(&mut m, GDT);
+    let target = 0xffff_ffff_8100_2000u64;
+    m.w(GDT + 0x40, 8, sys_desc(0x3000, 0x67, 0xb, 0));
+    m.w(GDT + 0x50, 8, gate(0x08, target, 0xc, 3, 0));
+    m.w(GDT + 0x58, 8, target >> 32);
+    m.w(0x3004, 8, 0x9000); // RSP0
+    let mut s = long_state(GDT, 3);
+    s.gdtr.limit = 0x5f;
+    s.tr = cache_of(sys_desc(0x3000, 0x67, 0xb, 0), 0x40);
+    s.gpr[4] = 0x7ff8;
+    far_call(&mut s, &mut m, 0x53, 0, 8, 0x40_1005).unwrap();
+    assert_eq!(s.cpl(), 0);
+    assert_eq!((s.segs[seg::CS].selector, s.rip), (0x08, target));
+    assert_eq!((s.segs[seg::SS].selector, s.gpr[4]), (0, 0x9000 - 32));
+    let frame: Vec<u64> = (0..4).map(|i| m.r(0x9000 - 32 + 8 * i, 8)).collect();
+    assert_eq!(frame, [0x40_1005, 0x2b, 0x7ff8, 0x23]);
+    far_return(&mut s, &mut m, 8, 0).unwrap();
+    assert_eq!(s.cpl(), 3);
+    assert_eq!((s.segs[seg::CS].selector, s.rip), (0x2b, 0x40_1005));
+    assert_eq!((s.segs[seg::SS].selector, s.gpr[4]), (0x23, 0x7ff8));
+    assert_ne!(s.hflags & hflags::CS64, 0);
+}
