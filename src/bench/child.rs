@@ -35,10 +35,7 @@ impl LineClock {
     /// so the guests' `*_LINE` constants can be passed as they are.
     pub fn new(patterns: &[&str]) -> Self {
         Self {
-            patterns: patterns
-                .iter()
-                .map(|p| p.trim_end_matches('\n').to_owned())
-                .collect(),
+            patterns: patterns.iter().map(|p| p.trim_end_matches('\n').to_owned()).collect(),
             seen: vec![None; patterns.len()],
             line: Vec::new(),
         }
@@ -148,9 +145,7 @@ impl ChildRun {
     pub fn stderr_reason(&self) -> Option<&str> {
         let mut lines = self.stderr.lines().map(str::trim).filter(|l| !l.is_empty());
         let first = lines.clone().next();
-        lines
-            .find(|l| !l.to_ascii_lowercase().contains("warn"))
-            .or(first)
+        lines.find(|l| !l.to_ascii_lowercase().contains("warn")).or(first)
     }
 }
 
@@ -246,26 +241,15 @@ impl Watched {
     /// Waits up to `timeout` for events; returns which of OUT/ERR/PID fired.
     fn poll(&self, timeout: Duration) -> io::Result<[bool; 3]> {
         let fds = self.fds();
-        let mut pollfds: Vec<libc::pollfd> = fds
-            .iter()
-            .flatten()
-            .map(|&fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
+        let mut pollfds: Vec<libc::pollfd> =
+            fds.iter().flatten().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
         // Round up so a sub-millisecond remainder doesn't spin.
         let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
         // SAFETY: pollfds is a valid array of its length.
         let r = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, ms) };
         if r < 0 {
             let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted {
-                Ok([false; 3])
-            } else {
-                Err(e)
-            };
+            return if e.kind() == io::ErrorKind::Interrupted { Ok([false; 3]) } else { Err(e) };
         }
         let mut ready = [false; 3];
         let mut polled = pollfds.iter();
@@ -293,10 +277,7 @@ fn read_some(r: &mut impl Read, buf: &mut [u8]) -> io::Result<Option<usize>> {
 /// Runs `spec` once: stdin from /dev/null, stdout and stderr captured.
 pub fn run_child(spec: &ChildSpec) -> Result<ChildRun, ChildError> {
     let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(&spec.args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     // Any pre_exec hook makes std fork instead of posix_spawn (vfork). That
     // matters for ru_maxrss: exec folds the old mm's peak RSS into it, and
     // under vfork the old mm is this whole process; a forked copy holds only
@@ -309,19 +290,13 @@ pub fn run_child(spec: &ChildSpec) -> Result<ChildRun, ChildError> {
     let mut clock = LineClock::new(&markers);
 
     let start = Instant::now();
-    let mut child = cmd.spawn().map_err(|source| ChildError::Spawn {
-        program: spec.program.display().to_string(),
-        source,
-    })?;
+    let mut child =
+        cmd.spawn().map_err(|source| ChildError::Spawn { program: spec.program.display().to_string(), source })?;
     // Linux pids are positive i32s, so the cast can't wrap.
     let pid = child.id() as libc::pid_t;
     let mut reaper = Reaper { pid, reaped: false };
     let watch_err = |source| ChildError::Watch { pid, source };
-    let mut w = Watched {
-        stdout: child.stdout.take(),
-        stderr: child.stderr.take(),
-        pidfd: pidfd_open(pid),
-    };
+    let mut w = Watched { stdout: child.stdout.take(), stderr: child.stderr.take(), pidfd: pidfd_open(pid) };
     let have_pidfd = w.pidfd.is_some();
 
     let mut buf = [0u8; 8192];
@@ -341,10 +316,9 @@ pub fn run_child(spec: &ChildSpec) -> Result<ChildRun, ChildError> {
             markers_done_at = Some(now);
         }
         let (limit, why) = match markers_done_at {
-            Some(t) if t + spec.exit_grace < spec.timeout => (
-                t + spec.exit_grace,
-                "did not exit after its last marker line",
-            ),
+            Some(t) if t + spec.exit_grace < spec.timeout => {
+                (t + spec.exit_grace, "did not exit after its last marker line")
+            }
             _ => (spec.timeout, "timed out"),
         };
         if !gone && killed.is_none() && now >= limit {
@@ -478,10 +452,7 @@ mod tests {
     fn runs_a_real_child_and_reports_lines_exit_and_stderr() {
         let spec = ChildSpec {
             program: "/bin/sh".into(),
-            args: vec![
-                "-c".into(),
-                "echo 'warning: noise' >&2; echo start; echo oops >&2; echo done; exit 7".into(),
-            ],
+            args: vec!["-c".into(), "echo 'warning: noise' >&2; echo start; echo oops >&2; echo done; exit 7".into()],
             markers: vec!["start".into(), "done".into(), "never".into()],
             timeout: Duration::from_secs(30),
             exit_grace: Duration::from_secs(30),

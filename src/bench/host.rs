@@ -24,12 +24,7 @@ impl Host {
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned());
-        Host {
-            kvm: accel::kvm::probe(),
-            cpu_model,
-            cpus,
-            kernel,
-        }
+        Host { kvm: accel::kvm::probe(), cpu_model, cpus, kernel }
     }
 
     /// Short machine name of the KVM kind.
@@ -45,29 +40,19 @@ impl Host {
 /// `name` in `$PATH`, as a shell would find it.
 pub fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| is_executable(p))
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| is_executable(p))
 }
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// First line of `<program> --version`, if it runs.
 pub fn version_line(program: &Path) -> Option<String> {
-    let out = Command::new(program)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
+    let out = Command::new(program).arg("--version").stdin(Stdio::null()).output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .next()
-        .map(|l| l.trim().to_owned())
-        .filter(|l| !l.is_empty())
+    text.lines().next().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty())
 }
 
 /// The 1-minute load average: other work on the host inflates wall-clock

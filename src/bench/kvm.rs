@@ -14,9 +14,7 @@ use super::qemu::{self, QemuChoice};
 use super::report::{Outcome, Report, Unit};
 use super::BenchError;
 use crate::exit_code;
-use crate::guests::{
-    self, BENCH_DONE_LINE, BENCH_ITERATIONS, BENCH_START_LINE, BOOT_REPORT_PREFIX, HELLO_LINE,
-};
+use crate::guests::{self, BENCH_DONE_LINE, BENCH_ITERATIONS, BENCH_START_LINE, BOOT_REPORT_PREFIX, HELLO_LINE};
 
 const BOOT_RUNS: u32 = 20;
 const EXIT_RUNS: u32 = 5;
@@ -72,11 +70,7 @@ struct Marker {
 /// the end of its work (report printed, CPL3 code run).
 fn report_markers() -> Vec<Marker> {
     vec![
-        Marker {
-            key: "first_line",
-            name: "first report line",
-            prefix: format!("{BOOT_REPORT_PREFIX}entry="),
-        },
+        Marker { key: "first_line", name: "first report line", prefix: format!("{BOOT_REPORT_PREFIX}entry=") },
         Marker {
             key: "last_line",
             name: "last report line (CPL3 result)",
@@ -107,10 +101,7 @@ pub fn run(opts: &Options) -> Result<(Report, bool), BenchError> {
         dir: GuestDir::create()?,
         boot_runs: opts.runs.unwrap_or(BOOT_RUNS),
         exit_runs: opts.runs.unwrap_or(EXIT_RUNS),
-        report: Report {
-            bench: "kvm",
-            ..Report::default()
-        },
+        report: Report { bench: "kvm", ..Report::default() },
     };
     header(&mut b.report, &host, &b.exe, &qemu);
     b.process_floor()?;
@@ -121,19 +112,13 @@ pub fn run(opts: &Options) -> Result<(Report, bool), BenchError> {
     if let (Some(before), Some(after)) = (load_before, host::load_average()) {
         let note = "1-minute load average before and after; other work on the host inflates \
                     wall-clock figures, not the CPU-time rows";
-        b.report
-            .fact("load", "Host load", format!("{before} → {after} ({note})"));
+        b.report.fact("load", "Host load", format!("{before} → {after} ({note})"));
     }
     if let Some(kib) = spawn_floor_kib() {
         let why = RSS_FLOOR_NOTE;
-        b.report
-            .fact("rss_floor_kib", "RSS floor", format!("{kib} KiB, {why}"));
+        b.report.fact("rss_floor_kib", "RSS floor", format!("{kib} KiB, {why}"));
     }
-    let ok = !b
-        .report
-        .rows
-        .iter()
-        .any(|r| r.id.starts_with("rxvmm.") && matches!(r.outcome, Outcome::Failed(_)));
+    let ok = !b.report.rows.iter().any(|r| r.id.starts_with("rxvmm.") && matches!(r.outcome, Outcome::Failed(_)));
     Ok((b.report, ok))
 }
 
@@ -150,60 +135,26 @@ impl Bench {
         };
         let runs = series(&spec, "--version", self.boot_runs, true, Expect::Exit(0))?;
         let label = "rxvmm `--version`: start → exit (process floor, no VM)";
-        self.report.row(
-            "rxvmm.version.exit",
-            label,
-            Unit::Ms,
-            runs.outcome(|r| r.exited_after.map(ms)),
-        );
+        self.report.row("rxvmm.version.exit", label, Unit::Ms, runs.outcome(|r| r.exited_after.map(ms)));
         Ok(())
     }
 
     /// Boot to the marker line and to exit, and peak RSS, on `hello`.
     fn hello(&mut self) -> Result<(), BenchError> {
-        let marker = Marker {
-            key: "marker",
-            name: "HELLO line",
-            prefix: HELLO_LINE.trim_end().to_owned(),
-        };
+        let marker = Marker { key: "marker", name: "HELLO line", prefix: HELLO_LINE.trim_end().to_owned() };
         let spec = self.rxvmm_spec("hello", std::slice::from_ref(&marker), BOOT_TIMEOUT)?;
-        let runs = series(
-            &spec,
-            "hello",
-            self.boot_runs,
-            true,
-            Expect::Exit(exit_code::REBOOT),
-        )?;
+        let runs = series(&spec, "hello", self.boot_runs, true, Expect::Exit(exit_code::REBOOT))?;
         self.report.notes.push(self.dir.command("hello", &spec));
-        boot_rows(
-            &mut self.report,
-            "rxvmm.hello",
-            "rxvmm `hello`",
-            &[marker],
-            &runs,
-            None,
-        );
+        boot_rows(&mut self.report, "rxvmm.hello", "rxvmm `hello`", &[marker], &runs, None);
         Ok(())
     }
 
     /// Port and MMIO exit round trips, and the CPU time split per exit.
     fn exit_loops(&mut self, pvm: bool) -> Result<(), BenchError> {
-        let emulated = if pvm {
-            "; PVM: each loop iteration also runs through KVM's instruction emulator"
-        } else {
-            ""
-        };
+        let emulated = if pvm { "; PVM: each loop iteration also runs through KVM's instruction emulator" } else { "" };
         let loops = [
-            (
-                "pio-loop",
-                "rxvmm.pio",
-                format!("PIO exit (`out` to port {:#x})", guests::BENCH_PORT),
-            ),
-            (
-                "mmio-loop",
-                "rxvmm.mmio",
-                format!("MMIO exit (store to {:#x})", guests::BENCH_MMIO_ADDR),
-            ),
+            ("pio-loop", "rxvmm.pio", format!("PIO exit (`out` to port {:#x})", guests::BENCH_PORT)),
+            ("mmio-loop", "rxvmm.mmio", format!("MMIO exit (store to {:#x})", guests::BENCH_MMIO_ADDR)),
         ];
         for (guest, id, what) in loops {
             let markers = [BENCH_START_LINE, BENCH_DONE_LINE].map(|l| Marker {
@@ -212,29 +163,15 @@ impl Bench {
                 prefix: l.trim_end().to_owned(),
             });
             let spec = self.rxvmm_spec(guest, &markers, LOOP_TIMEOUT)?;
-            let runs = series(
-                &spec,
-                guest,
-                self.exit_runs,
-                false,
-                Expect::Exit(exit_code::REBOOT),
-            )?;
+            let runs = series(&spec, guest, self.exit_runs, false, Expect::Exit(exit_code::REBOOT))?;
             self.report.notes.push(self.dir.command(guest, &spec));
             let per_exit = |d: Duration| d.as_nanos() as f64 / f64::from(BENCH_ITERATIONS);
-            let label = format!(
-                "rxvmm {what}: round trip ({BENCH_ITERATIONS} per `{guest}` run{emulated})"
-            );
-            let outcome = runs.outcome(|r| {
-                Some(per_exit(
-                    r.marks.get(1).copied()??.saturating_sub(r.marks[0]?),
-                ))
-            });
-            self.report
-                .row(format!("{id}.exit_ns"), label, Unit::NsPerExit, outcome);
+            let label = format!("rxvmm {what}: round trip ({BENCH_ITERATIONS} per `{guest}` run{emulated})");
+            let outcome = runs.outcome(|r| Some(per_exit(r.marks.get(1).copied()??.saturating_sub(r.marks[0]?))));
+            self.report.row(format!("{id}.exit_ns"), label, Unit::NsPerExit, outcome);
             // Whole-process CPU over the loop's exits: an upper bound, as
             // set-up and teardown (about a millisecond) are included.
-            let label =
-                format!("rxvmm {what}: user-space CPU per exit (whole run, so an upper bound)");
+            let label = format!("rxvmm {what}: user-space CPU per exit (whole run, so an upper bound)");
             self.report.row(
                 format!("{id}.user_ns"),
                 label,
@@ -256,57 +193,30 @@ impl Bench {
     fn boot_report(&mut self, qemu: &Result<PathBuf, String>) -> Result<(), BenchError> {
         let markers = report_markers();
         let spec = self.rxvmm_spec("boot-report", &markers, BOOT_TIMEOUT)?;
-        let runs = series(
-            &spec,
-            "boot-report",
-            self.boot_runs,
-            true,
-            Expect::Exit(exit_code::POWEROFF),
-        )?;
-        self.report
-            .notes
-            .push(self.dir.command("boot-report", &spec));
+        let runs = series(&spec, "boot-report", self.boot_runs, true, Expect::Exit(exit_code::POWEROFF))?;
+        self.report.notes.push(self.dir.command("boot-report", &spec));
         let who = "rxvmm `boot-report` (PVH entry)";
-        boot_rows(
-            &mut self.report,
-            "rxvmm.boot_report",
-            who,
-            &markers,
-            &runs,
-            None,
-        );
+        boot_rows(&mut self.report, "rxvmm.boot_report", who, &markers, &runs, None);
 
         let runs = match qemu {
             Ok(path) => {
                 let kernel = self.dir.path.join("boot-report.elf");
                 let prefixes = markers.iter().map(|m| m.prefix.clone()).collect();
                 let spec = qemu::spec(path, &kernel, MEM_MIB, prefixes, BOOT_TIMEOUT);
-                self.report
-                    .notes
-                    .push(self.dir.command("boot-report", &spec));
+                self.report.notes.push(self.dir.command("boot-report", &spec));
                 series(&spec, "boot-report", self.boot_runs, true, Expect::Markers)?
             }
             Err(why) => Series::Skipped(why.clone()),
         };
         let who = "QEMU microvm `boot-report` (PVH entry)";
-        boot_rows(
-            &mut self.report,
-            "qemu.boot_report",
-            who,
-            &markers,
-            &runs,
-            Some(qemu::poweroff_code()),
-        );
+        boot_rows(&mut self.report, "qemu.boot_report", who, &markers, &runs, Some(qemu::poweroff_code()));
 
         let skip = match &runs {
             Series::Done(_) => "no QEMU figure".to_owned(),
             Series::Failed(_) => "QEMU failed".to_owned(),
             Series::Skipped(why) => why.clone(),
         };
-        let keys = markers
-            .iter()
-            .map(|m| (m.key, m.name))
-            .chain([("exit", "exit"), ("rss", "peak RSS")]);
+        let keys = markers.iter().map(|m| (m.key, m.name)).chain([("exit", "exit"), ("rss", "peak RSS")]);
         for (key, what) in keys {
             let rx = self.report.median(&format!("rxvmm.boot_report.{key}"));
             let q = self.report.median(&format!("qemu.boot_report.{key}"));
@@ -315,26 +225,16 @@ impl Bench {
                 _ => Outcome::Skipped(skip.clone()),
             };
             let label = format!("rxvmm / QEMU, `boot-report`: {what} (medians)");
-            self.report
-                .row(format!("ratio.{key}"), label, Unit::Ratio, outcome);
+            self.report.row(format!("ratio.{key}"), label, Unit::Ratio, outcome);
         }
         Ok(())
     }
 
     /// `rxvmm --accel kvm --kernel <guest>.elf --mem 64`, guest built here.
-    fn rxvmm_spec(
-        &self,
-        guest: &'static str,
-        markers: &[Marker],
-        timeout: Duration,
-    ) -> Result<ChildSpec, BenchError> {
+    fn rxvmm_spec(&self, guest: &'static str, markers: &[Marker], timeout: Duration) -> Result<ChildSpec, BenchError> {
         let kernel = self.dir.write(guest)?;
-        let args = ["--accel", "kvm", "--kernel"]
-            .map(OsString::from)
-            .into_iter();
-        let args = args
-            .chain([kernel.into(), "--mem".into(), MEM_MIB.to_string().into()])
-            .collect();
+        let args = ["--accel", "kvm", "--kernel"].map(OsString::from).into_iter();
+        let args = args.chain([kernel.into(), "--mem".into(), MEM_MIB.to_string().into()]).collect();
         Ok(ChildSpec {
             program: self.exe.clone(),
             args,
@@ -347,35 +247,16 @@ impl Bench {
 }
 
 fn header(report: &mut Report, host: &Host, exe: &Path, qemu: &Result<PathBuf, String>) {
-    report.fact(
-        "cpu",
-        "CPU",
-        format!("{} ({} CPUs)", host.cpu_model, host.cpus),
-    );
+    report.fact("cpu", "CPU", format!("{} ({} CPUs)", host.cpu_model, host.cpus));
     report.fact("kernel", "Host kernel", host.kernel.clone());
     report.fact("kvm", "KVM", host.kvm_kind());
     let detail = match host.kvm {
-        KvmHost::Pvm => format!(
-            "{}; every guest figure includes that emulation",
-            host.kvm.describe()
-        ),
+        KvmHost::Pvm => format!("{}; every guest figure includes that emulation", host.kvm.describe()),
         _ => host.kvm.describe(),
     };
     report.fact("kvm_detail", "KVM kind", detail);
-    let profile = if cfg!(debug_assertions) {
-        "debug build: not representative"
-    } else {
-        "release build"
-    };
-    report.fact(
-        "rxvmm",
-        "rxvmm",
-        format!(
-            "{} {} ({profile})",
-            exe.display(),
-            env!("CARGO_PKG_VERSION")
-        ),
-    );
+    let profile = if cfg!(debug_assertions) { "debug build: not representative" } else { "release build" };
+    report.fact("rxvmm", "rxvmm", format!("{} {} ({profile})", exe.display(), env!("CARGO_PKG_VERSION")));
     let qemu_fact = match qemu {
         Ok(path) => {
             let version = host::version_line(path).unwrap_or_else(|| "version unknown".into());
@@ -395,13 +276,7 @@ fn header(report: &mut Report, host: &Host, exe: &Path, qemu: &Result<PathBuf, S
 /// `n` timed runs of `spec` (after one untimed one with `warm_up`, so the
 /// first sample doesn't pay for a cold page cache). Stops at the first run
 /// that doesn't meet `expect`, with the reason.
-fn series(
-    spec: &ChildSpec,
-    what: &str,
-    n: u32,
-    warm_up: bool,
-    expect: Expect,
-) -> Result<Series, BenchError> {
+fn series(spec: &ChildSpec, what: &str, n: u32, warm_up: bool, expect: Expect) -> Result<Series, BenchError> {
     let program = spec.program.file_name().unwrap_or_default();
     eprintln!("rxvmm bench: {} {what} × {n}", program.to_string_lossy());
     let mut runs = Vec::new();
@@ -431,13 +306,8 @@ fn check(run: &ChildRun, spec: &ChildSpec, expect: Expect) -> Result<(), String>
         None => what,
     };
     if let Some(i) = run.marks.iter().position(Option::is_none) {
-        let end = run
-            .killed
-            .map_or_else(|| run.ended.to_string(), str::to_owned);
-        return Err(reason(format!(
-            "no line starting {:?}; {end}",
-            spec.markers[i]
-        )));
+        let end = run.killed.map_or_else(|| run.ended.to_string(), str::to_owned);
+        return Err(reason(format!("no line starting {:?}; {end}", spec.markers[i])));
     }
     if let Expect::Exit(code) = expect {
         if let Some(why) = run.killed {
@@ -456,33 +326,19 @@ fn ms(d: Duration) -> f64 {
 
 /// Marker, exit and RSS rows of a boot series. `exit_code`: the code a run
 /// must exit with for its exit time to count, when `series` didn't check.
-fn boot_rows(
-    report: &mut Report,
-    id: &str,
-    who: &str,
-    markers: &[Marker],
-    series: &Series,
-    exit_code: Option<i32>,
-) {
+fn boot_rows(report: &mut Report, id: &str, who: &str, markers: &[Marker], series: &Series, exit_code: Option<i32>) {
     for (i, m) in markers.iter().enumerate() {
         let outcome = series.outcome(|r| r.marks[i].map(ms));
-        report.row(
-            format!("{id}.{}", m.key),
-            format!("{who}: start → {}", m.name),
-            Unit::Ms,
-            outcome,
-        );
+        report.row(format!("{id}.{}", m.key), format!("{who}: start → {}", m.name), Unit::Ms, outcome);
     }
     let unclean = match series {
-        Series::Done(runs) => runs
-            .iter()
-            .find_map(|r| match (r.killed, &r.ended, exit_code) {
-                (Some(why), _, _) => Some(format!("not measured: killed, {why}")),
-                (None, ended, Some(code)) if *ended != Ended::Code(code) => {
-                    Some(format!("not measured: {ended}, expected {code}"))
-                }
-                _ => None,
-            }),
+        Series::Done(runs) => runs.iter().find_map(|r| match (r.killed, &r.ended, exit_code) {
+            (Some(why), _, _) => Some(format!("not measured: killed, {why}")),
+            (None, ended, Some(code)) if *ended != Ended::Code(code) => {
+                Some(format!("not measured: {ended}, expected {code}"))
+            }
+            _ => None,
+        }),
         _ => None,
     };
     // Per run, so the spread is the wind-down's own.
@@ -492,27 +348,14 @@ fn boot_rows(
     };
     let (exit, teardown) = match unclean {
         Some(why) => (Outcome::Skipped(why.clone()), Outcome::Skipped(why)),
-        None => (
-            series.outcome(|r| r.exited_after.map(ms)),
-            series.outcome(after_last),
-        ),
+        None => (series.outcome(|r| r.exited_after.map(ms)), series.outcome(after_last)),
     };
-    report.row(
-        format!("{id}.exit"),
-        format!("{who}: start → exit"),
-        Unit::Ms,
-        exit,
-    );
+    report.row(format!("{id}.exit"), format!("{who}: start → exit"), Unit::Ms, exit);
     let last = markers.last().map_or("start", |m| m.name);
     let label = format!("{who}: {last} → exit (wind-down, teardown)");
     report.row(format!("{id}.teardown"), label, Unit::Ms, teardown);
     let rss = series.outcome(|r| Some(r.max_rss_kib as f64));
-    report.row(
-        format!("{id}.rss"),
-        format!("{who}: peak RSS (ru_maxrss)"),
-        Unit::Kib,
-        rss,
-    );
+    report.row(format!("{id}.rss"), format!("{who}: peak RSS (ru_maxrss)"), Unit::Kib, rss);
 }
 
 /// A private directory for the guest images, removed when dropped.
@@ -522,9 +365,7 @@ struct GuestDir {
 
 impl GuestDir {
     fn create() -> Result<GuestDir, BenchError> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         let path = std::env::temp_dir().join(format!("rxvmm-bench-{}-{nanos}", std::process::id()));
         // create_dir (not _all) fails if the path exists, so it is ours alone.
         std::fs::create_dir(&path).map_err(|e| BenchError::GuestFile(path.clone(), e))?;
@@ -542,9 +383,7 @@ impl GuestDir {
     /// `spec`'s command line as a reader can rerun it: guest files by name
     /// (`rxvmm guest <name> -o <name>.elf` writes them).
     fn command(&self, guest: &str, spec: &ChildSpec) -> String {
-        let line = spec
-            .display()
-            .replace(&format!("{}/", self.path.display()), "");
+        let line = spec.display().replace(&format!("{}/", self.path.display()), "");
         format!("`{guest}`: `{line}`")
     }
 }

@@ -78,21 +78,12 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
                 (Some(path), false) => qemu::QemuChoice::Path(path.clone()),
                 (None, false) => qemu::QemuChoice::Search,
             };
-            kvm::run(&kvm::Options {
-                runs: args.runs,
-                qemu,
-            })?
+            kvm::run(&kvm::Options { runs: args.runs, qemu })?
         }
     };
-    let text = if args.json {
-        report.to_json()
-    } else {
-        report.to_markdown()
-    };
+    let text = if args.json { report.to_json() } else { report.to_markdown() };
     let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(BenchError::Output)?;
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(BenchError::Output)?;
     if ok {
         Ok(())
     } else {

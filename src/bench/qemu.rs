@@ -45,13 +45,7 @@ pub fn find(choice: &QemuChoice) -> Result<PathBuf, String> {
 /// power off, so isa-debug-exit sits there and QEMU exits with
 /// [`poweroff_code`]; should it not exit, the run is killed after the last
 /// marker.
-pub fn spec(
-    qemu: &Path,
-    kernel: &Path,
-    mem_mib: u32,
-    markers: Vec<String>,
-    timeout: Duration,
-) -> ChildSpec {
+pub fn spec(qemu: &Path, kernel: &Path, mem_mib: u32, markers: Vec<String>, timeout: Duration) -> ChildSpec {
     let mem = mem_mib.to_string();
     let exit_dev = format!("isa-debug-exit,iobase={:#x},iosize=1", pio::ACPI_POWER);
     let args = [
@@ -76,13 +70,7 @@ pub fn spec(
     ];
     let mut args: Vec<OsString> = args.iter().map(OsString::from).collect();
     args.push(kernel.into());
-    ChildSpec {
-        program: qemu.to_owned(),
-        args,
-        markers,
-        timeout,
-        exit_grace: EXIT_GRACE,
-    }
+    ChildSpec { program: qemu.to_owned(), args, markers, timeout, exit_grace: EXIT_GRACE }
 }
 
 /// QEMU's exit code for the guests' power-off write through isa-debug-exit.

@@ -104,33 +104,15 @@ pub struct Report {
 
 impl Report {
     pub fn fact(&mut self, key: &'static str, label: &'static str, value: impl Into<String>) {
-        self.facts.push(Fact {
-            key,
-            label,
-            value: value.into(),
-        });
+        self.facts.push(Fact { key, label, value: value.into() });
     }
 
-    pub fn row(
-        &mut self,
-        id: impl Into<String>,
-        label: impl Into<String>,
-        unit: Unit,
-        outcome: Outcome,
-    ) {
-        self.rows.push(Row {
-            id: id.into(),
-            label: label.into(),
-            unit,
-            outcome,
-        });
+    pub fn row(&mut self, id: impl Into<String>, label: impl Into<String>, unit: Unit, outcome: Outcome) {
+        self.rows.push(Row { id: id.into(), label: label.into(), unit, outcome });
     }
 
     pub fn median(&self, id: &str) -> Option<f64> {
-        self.rows
-            .iter()
-            .find(|r| r.id == id)
-            .and_then(|r| r.outcome.median())
+        self.rows.iter().find(|r| r.id == id).and_then(|r| r.outcome.median())
     }
 
     pub fn to_markdown(&self) -> String {
@@ -141,24 +123,14 @@ impl Report {
         s.push_str("\n| Measurement | Median | Min | Max | Runs |\n|---|--:|--:|--:|--:|\n");
         for r in &self.rows {
             let cells = match &r.outcome {
-                Outcome::Measured { summary: m, .. } => [
-                    r.unit.show(m.median),
-                    r.unit.show(m.min),
-                    r.unit.show(m.max),
-                    m.runs.to_string(),
-                ],
-                Outcome::Value(v) => [r.unit.show(*v), String::new(), String::new(), String::new()],
-                Outcome::Skipped(why) => {
-                    [format!("skipped: {why}"), "".into(), "".into(), "".into()]
+                Outcome::Measured { summary: m, .. } => {
+                    [r.unit.show(m.median), r.unit.show(m.min), r.unit.show(m.max), m.runs.to_string()]
                 }
+                Outcome::Value(v) => [r.unit.show(*v), String::new(), String::new(), String::new()],
+                Outcome::Skipped(why) => [format!("skipped: {why}"), "".into(), "".into(), "".into()],
                 Outcome::Failed(why) => [format!("failed: {why}"), "".into(), "".into(), "".into()],
             };
-            let _ = writeln!(
-                s,
-                "| {} | {} |",
-                cell(&r.label),
-                cells.map(|c| cell(&c)).join(" | ")
-            );
+            let _ = writeln!(s, "| {} | {} |", cell(&r.label), cells.map(|c| cell(&c)).join(" | "));
         }
         if !self.notes.is_empty() {
             s.push('\n');
@@ -187,10 +159,7 @@ impl Report {
                 json_str(r.unit.name())
             );
             match &r.outcome {
-                Outcome::Measured {
-                    summary: m,
-                    samples,
-                } => {
+                Outcome::Measured { summary: m, samples } => {
                     let list: Vec<String> = samples.iter().map(|&v| json_num(v, d)).collect();
                     let _ = write!(
                         s,
@@ -206,11 +175,7 @@ impl Report {
                     let _ = write!(s, "\"status\": \"ok\", \"value\": {}}}", json_num(*v, d));
                 }
                 Outcome::Skipped(why) => {
-                    let _ = write!(
-                        s,
-                        "\"status\": \"skipped\", \"reason\": {}}}",
-                        json_str(why)
-                    );
+                    let _ = write!(s, "\"status\": \"skipped\", \"reason\": {}}}", json_str(why));
                 }
                 Outcome::Failed(why) => {
                     let _ = write!(s, "\"status\": \"failed\", \"reason\": {}}}", json_str(why));
@@ -218,11 +183,7 @@ impl Report {
             }
         }
         s.push_str("\n  ],\n  \"notes\": [");
-        let notes: Vec<String> = self
-            .notes
-            .iter()
-            .map(|n| format!("\n    {}", json_str(n)))
-            .collect();
+        let notes: Vec<String> = self.notes.iter().map(|n| format!("\n    {}", json_str(n))).collect();
         s.push_str(&notes.join(","));
         s.push_str("\n  ]\n}\n");
         s
@@ -266,23 +227,10 @@ mod tests {
     use super::*;
 
     fn sample() -> Report {
-        let mut r = Report {
-            bench: "kvm",
-            ..Report::default()
-        };
+        let mut r = Report { bench: "kvm", ..Report::default() };
         r.fact("cpu", "CPU", "Xeon \"test\"");
-        r.row(
-            "a.marker",
-            "boot | marker",
-            Unit::Ms,
-            Outcome::from_samples(vec![2.0, 1.0, 4.0]),
-        );
-        r.row(
-            "q.marker",
-            "QEMU",
-            Unit::Ms,
-            Outcome::Failed("no KVM\nat all".into()),
-        );
+        r.row("a.marker", "boot | marker", Unit::Ms, Outcome::from_samples(vec![2.0, 1.0, 4.0]));
+        r.row("q.marker", "QEMU", Unit::Ms, Outcome::Failed("no KVM\nat all".into()));
         r.row("ratio", "ratio", Unit::Ratio, Outcome::Value(f64::NAN));
         r
     }
@@ -290,10 +238,7 @@ mod tests {
     #[test]
     fn markdown_rows_escape_pipes_and_show_failures() {
         let md = sample().to_markdown();
-        assert!(
-            md.contains("| boot \\| marker | 2.00 ms | 1.00 ms | 4.00 ms | 3 |"),
-            "{md}"
-        );
+        assert!(md.contains("| boot \\| marker | 2.00 ms | 1.00 ms | 4.00 ms | 3 |"), "{md}");
         assert!(md.contains("| QEMU | failed: no KVM at all |"), "{md}");
     }
 

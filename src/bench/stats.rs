@@ -63,14 +63,6 @@ mod tests {
     #[test]
     fn summary_has_extremes_and_count() {
         let s = Summary::of(&[3.0, 7.0, 1.0, 5.0]).expect("samples");
-        assert_eq!(
-            s,
-            Summary {
-                median: 4.0,
-                min: 1.0,
-                max: 7.0,
-                runs: 4
-            }
-        );
+        assert_eq!(s, Summary { median: 4.0, min: 1.0, max: 7.0, runs: 4 });
     }
 }

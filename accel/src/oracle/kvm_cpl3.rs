@@ -117,7 +117,6 @@ pub struct VmRunner {
     vcpu: Box<dyn Vcpu>,
     _vm: Arc<dyn Vm>,
     ops: Arc<ScaffoldOps>,
-    seq: u64,
     watchdog: Watchdog,
 }
 
@@ -136,7 +135,6 @@ impl VmRunner {
             vcpu,
             _vm: vm,
             ops,
-            seq: 0,
             watchdog,
         })
     }
@@ -148,8 +146,7 @@ impl VmRunner {
 
     /// Runs one case.
     pub fn run(&mut self, case: &TestCase) -> Result<Outcome, OracleError> {
-        self.seq += 1;
-        scaffold::load_case(&self.scaffold.memory, case, self.seq)?;
+        scaffold::load_case(&self.scaffold.memory, case)?;
         self.watchdog.arm(true);
         let result = self.run_armed(case);
         self.watchdog.arm(false);
@@ -164,7 +161,7 @@ impl VmRunner {
         loop {
             match self.vcpu.run()? {
                 VcpuExit::Kicked => {
-                    if let Some(o) = scaffold::read_result(&self.scaffold.memory, case, self.seq)? {
+                    if let Some(o) = scaffold::read_result(&self.scaffold.memory, case)? {
                         return Ok(o);
                     }
                     if self.watchdog.fired() {
