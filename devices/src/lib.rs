@@ -9,6 +9,7 @@ pub mod acpi;
 pub mod bus;
 pub mod exit;
 pub mod irq;
+pub mod irqchip;
 pub mod legacy;
 
 pub use bus::{BusDevice, BusError, IoBus};

@@ -5,9 +5,7 @@ use std::fmt;
 
 use iced_x86::{Formatter, IntelFormatter};
 
-use super::{
-    undefined_flags_mask, Fault, OracleError, Outcome, TestCase, GPR_NAMES, USER_FLAGS,
-};
+use super::{undefined_flags_mask, Fault, OracleError, Outcome, TestCase, GPR_NAMES, USER_FLAGS};
 
 /// A batch runner: one of the oracles, or the engine under test.
 pub type Runner<'a> = dyn FnMut(&[TestCase]) -> Result<Vec<Outcome>, OracleError> + 'a;
@@ -15,7 +13,7 @@ pub type Runner<'a> = dyn FnMut(&[TestCase]) -> Result<Vec<Outcome>, OracleError
 /// Two runs of a case that disagree.
 #[derive(Debug, Clone)]
 pub struct Divergence {
-    pub case: TestCase,
+    pub case: Box<TestCase>,
     /// One line per difference: fault, register, flags, memory.
     pub differences: Vec<String>,
     /// Index of the first instruction whose prefix diverges, when known.
@@ -27,40 +25,20 @@ fn fault_text(f: &Option<Fault>) -> String {
 }
 
 fn flag_names(bits: u64) -> String {
-    const NAMES: [(u64, &str); 7] = [
-        (1, "CF"),
-        (1 << 2, "PF"),
-        (1 << 4, "AF"),
-        (1 << 6, "ZF"),
-        (1 << 7, "SF"),
-        (1 << 10, "DF"),
-        (1 << 11, "OF"),
-    ];
-    let names: Vec<&str> = NAMES
-        .iter()
-        .filter(|(b, _)| bits & b != 0)
-        .map(|(_, n)| *n)
-        .collect();
+    const NAMES: [(u64, &str); 7] =
+        [(1, "CF"), (1 << 2, "PF"), (1 << 4, "AF"), (1 << 6, "ZF"), (1 << 7, "SF"), (1 << 10, "DF"), (1 << 11, "OF")];
+    let names: Vec<&str> = NAMES.iter().filter(|(b, _)| bits & b != 0).map(|(_, n)| *n).collect();
     names.join(" ")
 }
 
 fn page_diffs(out: &mut Vec<String>, what: &str, expected: &[u8], actual: &[u8]) {
     if expected.len() != actual.len() {
-        out.push(format!(
-            "{what}: {} bytes expected, {} returned",
-            expected.len(),
-            actual.len()
-        ));
+        out.push(format!("{what}: {} bytes expected, {} returned", expected.len(), actual.len()));
         return;
     }
-    let diffs: Vec<usize> = (0..expected.len())
-        .filter(|&i| expected[i] != actual[i])
-        .collect();
+    let diffs: Vec<usize> = (0..expected.len()).filter(|&i| expected[i] != actual[i]).collect();
     for &i in diffs.iter().take(8) {
-        out.push(format!(
-            "{what}+{i:#05x}: expected {:#04x}, actual {:#04x}",
-            expected[i], actual[i]
-        ));
+        out.push(format!("{what}+{i:#05x}: expected {:#04x}, actual {:#04x}", expected[i], actual[i]));
     }
     if diffs.len() > 8 {
         out.push(format!("{what}: {} more bytes differ", diffs.len() - 8));
@@ -73,11 +51,7 @@ fn page_diffs(out: &mut Vec<String>, what: &str, expected: &[u8], actual: &[u8])
 pub fn compare(case: &TestCase, expected: &Outcome, actual: &Outcome) -> Result<(), Divergence> {
     let mut d = Vec::new();
     if expected.fault != actual.fault {
-        d.push(format!(
-            "fault: expected {}, actual {}",
-            fault_text(&expected.fault),
-            fault_text(&actual.fault)
-        ));
+        d.push(format!("fault: expected {}, actual {}", fault_text(&expected.fault), fault_text(&actual.fault)));
     }
     for (i, name) in GPR_NAMES.iter().enumerate() {
         let (e, a) = (expected.regs.gprs[i], actual.regs.gprs[i]);
@@ -100,11 +74,7 @@ pub fn compare(case: &TestCase, expected: &Outcome, actual: &Outcome) -> Result<
     if d.is_empty() {
         Ok(())
     } else {
-        Err(Divergence {
-            case: case.clone(),
-            differences: d,
-            culprit: None,
-        })
+        Err(Divergence { case: Box::new(case.clone()), differences: d, culprit: None })
     }
 }
 
@@ -113,18 +83,11 @@ pub fn compare(case: &TestCase, expected: &Outcome, actual: &Outcome) -> Result<
 /// `ud2`) in one batch per runner. `None` if no prefix diverges (a flaky
 /// difference) or the empty one already does (the runners disagree about
 /// the initial state).
-pub fn localise(
-    case: &TestCase,
-    run_a: &mut Runner<'_>,
-    run_b: &mut Runner<'_>,
-) -> Result<Option<usize>, OracleError> {
+pub fn localise(case: &TestCase, run_a: &mut Runner<'_>, run_b: &mut Runner<'_>) -> Result<Option<usize>, OracleError> {
     let prefixes: Vec<TestCase> = (0..=case.len()).filter_map(|n| case.prefix(n)).collect();
     let a = run_a(&prefixes)?;
     let b = run_b(&prefixes)?;
-    let first = prefixes
-        .iter()
-        .zip(a.iter().zip(&b))
-        .position(|(p, (a, b))| compare(p, a, b).is_err());
+    let first = prefixes.iter().zip(a.iter().zip(&b)).position(|(p, (a, b))| compare(p, a, b).is_err());
     Ok(first.and_then(|n| n.checked_sub(1)))
 }
 
@@ -153,14 +116,8 @@ impl fmt::Display for Divergence {
             text.clear();
             formatter.format(i, &mut text);
             let off = i.ip().wrapping_sub(super::CODE) as usize;
-            let bytes: String = self
-                .case
-                .code
-                .get(off..off + i.len())
-                .unwrap_or_default()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let bytes: String =
+                self.case.code.get(off..off + i.len()).unwrap_or_default().iter().map(|b| format!("{b:02x}")).collect();
             let mark = if self.culprit == Some(n) { ">>" } else { "  " };
             writeln!(f, "{mark} {off:04x}  {bytes:<30} {text}")?;
         }
@@ -176,16 +133,9 @@ mod tests {
     use crate::oracle::{generate, Trap, UserRegs};
 
     fn outcome(case: &TestCase, rax: u64, rflags: u64) -> Outcome {
-        let mut regs = UserRegs {
-            rflags,
-            ..case.init
-        };
+        let mut regs = UserRegs { rflags, ..case.init };
         regs.gprs[0] = rax;
-        let trap = Trap {
-            vector: 6,
-            rip: super::super::CODE + case.terminator_offset(),
-            ..Trap::default()
-        };
+        let trap = Trap { vector: 6, rip: super::super::CODE + case.terminator_offset(), ..Trap::default() };
         Outcome::from_trap(case, trap, regs, case.data.clone(), case.stack.clone())
     }
 
@@ -204,10 +154,7 @@ mod tests {
             Ok(cases.iter().map(|c| outcome(c, 0, 2)).collect())
         };
         let mut bad = |cases: &[TestCase]| -> Result<Vec<Outcome>, OracleError> {
-            Ok(cases
-                .iter()
-                .map(|c| outcome(c, u64::from(c.len() >= 3), 2))
-                .collect())
+            Ok(cases.iter().map(|c| outcome(c, u64::from(c.len() >= 3), 2)).collect())
         };
         let mut also_good = good;
         assert_eq!(localise(&case, &mut good, &mut bad).unwrap(), Some(2));

@@ -55,12 +55,40 @@ pub(crate) struct Family {
 use Mnemonic as M;
 
 const SETCC: &[Mnemonic] = &[
-    M::Seto, M::Setno, M::Setb, M::Setae, M::Sete, M::Setne, M::Setbe, M::Seta, M::Sets,
-    M::Setns, M::Setp, M::Setnp, M::Setl, M::Setge, M::Setle, M::Setg,
+    M::Seto,
+    M::Setno,
+    M::Setb,
+    M::Setae,
+    M::Sete,
+    M::Setne,
+    M::Setbe,
+    M::Seta,
+    M::Sets,
+    M::Setns,
+    M::Setp,
+    M::Setnp,
+    M::Setl,
+    M::Setge,
+    M::Setle,
+    M::Setg,
 ];
 const CMOVCC: &[Mnemonic] = &[
-    M::Cmovo, M::Cmovno, M::Cmovb, M::Cmovae, M::Cmove, M::Cmovne, M::Cmovbe, M::Cmova,
-    M::Cmovs, M::Cmovns, M::Cmovp, M::Cmovnp, M::Cmovl, M::Cmovge, M::Cmovle, M::Cmovg,
+    M::Cmovo,
+    M::Cmovno,
+    M::Cmovb,
+    M::Cmovae,
+    M::Cmove,
+    M::Cmovne,
+    M::Cmovbe,
+    M::Cmova,
+    M::Cmovs,
+    M::Cmovns,
+    M::Cmovp,
+    M::Cmovnp,
+    M::Cmovl,
+    M::Cmovge,
+    M::Cmovle,
+    M::Cmovg,
 ];
 
 /// Families by name, weight, and mnemonics. Division is drawn rarely: it
@@ -152,9 +180,7 @@ fn form(code: Code) -> Option<Form> {
     {
         return None;
     }
-    let slots = (0..op.op_count())
-        .map(|i| slot(op.op_kind(i), code.mnemonic()))
-        .collect::<Option<Vec<_>>>()?;
+    let slots = (0..op.op_count()).map(|i| slot(op.op_kind(i), code.mnemonic())).collect::<Option<Vec<_>>>()?;
     Some(Form { code, slots })
 }
 
@@ -168,11 +194,7 @@ pub(crate) fn families() -> &'static [Family] {
             .map(|(name, weight, mnemonics)| Family {
                 name,
                 weight: *weight,
-                forms: all
-                    .iter()
-                    .filter(|f| mnemonics.contains(&f.code.mnemonic()))
-                    .cloned()
-                    .collect(),
+                forms: all.iter().filter(|f| mnemonics.contains(&f.code.mnemonic())).cloned().collect(),
             })
             .filter(|f| !f.forms.is_empty())
             .collect()

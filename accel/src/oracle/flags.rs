@@ -21,8 +21,8 @@
 //! LAHF…): an undefined value would otherwise leak into registers or
 //! control flow, where no mask can hide it.
 
-use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind};
 use iced_x86::RflagsBits;
+use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind};
 
 use super::CODE;
 
@@ -110,11 +110,7 @@ pub(crate) fn effect(i: &Instruction) -> FlagEffect {
     if rep_compare {
         defines = 0;
     }
-    FlagEffect {
-        read,
-        defines,
-        undefines,
-    }
+    FlagEffect { read, defines, undefines }
 }
 
 /// Converts iced-x86 `RflagsBits` to architectural RFLAGS bits.
@@ -135,9 +131,7 @@ pub fn to_rflags(bits: u32) -> u64 {
 
 /// Decodes `code` as loaded at [`CODE`].
 pub(crate) fn decode(code: &[u8]) -> Vec<Instruction> {
-    Decoder::with_ip(64, code, CODE, DecoderOptions::NONE)
-        .into_iter()
-        .collect()
+    Decoder::with_ip(64, code, CODE, DecoderOptions::NONE).into_iter().collect()
 }
 
 /// The RFLAGS bits (architectural encoding) that may be undefined when a
@@ -176,10 +170,8 @@ pub(crate) fn flag_states(code: &[u8]) -> Vec<(Instruction, Option<u32>)> {
                 }
             };
             let flow = instr.flow_control();
-            if matches!(
-                flow,
-                FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch
-            ) && instr.op0_kind() == OpKind::NearBranch64
+            if matches!(flow, FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch)
+                && instr.op0_kind() == OpKind::NearBranch64
             {
                 if let Some(t) = index_of(instr.near_branch64()) {
                     flow_to(t);
@@ -233,10 +225,7 @@ mod tests {
             a.add(rax, rdx)?;
             a.mul(rcx)
         });
-        assert_eq!(
-            undefined_flags_mask(&code, code.len() as u64 - 2),
-            SF | ZF | AF | PF
-        );
+        assert_eq!(undefined_flags_mask(&code, code.len() as u64 - 2), SF | ZF | AF | PF);
         // Stopping at the MUL (a fault there) means the ADD's flags: none.
         assert_eq!(undefined_flags_mask(&code, 3), 0);
     }
@@ -247,10 +236,7 @@ mod tests {
             a.div(rcx)?;
             a.shl(eax, cl)
         });
-        assert_eq!(
-            undefined_flags_mask(&code, code.len() as u64 - 2),
-            CF | PF | AF | ZF | SF | OF
-        );
+        assert_eq!(undefined_flags_mask(&code, code.len() as u64 - 2), CF | PF | AF | ZF | SF | OF);
         let code = assemble(|a| a.shr(ax, 17));
         assert_ne!(undefined_flags_mask(&code, code.len() as u64 - 2) & CF, 0);
     }

@@ -1,4 +1,4 @@
-//! The VM oracle: cases run at CPL3 in the [`scaffold`](super::scaffold)
+//! The VM oracle: cases run at CPL3 in the [`scaffold`]
 //! guest through any [`Accelerator`]. Under KVM on PVM, guest user code
 //! runs natively on the host CPU, so this is a second oracle that also
 //! checks the exception path (vector, error code, CR2) through a guest IDT;
@@ -91,8 +91,7 @@ impl Watchdog {
         if on {
             self.state.fired.store(false, Ordering::SeqCst);
         }
-        *self.state.armed_at.lock().unwrap_or_else(|e| e.into_inner()) =
-            on.then(Instant::now);
+        *self.state.armed_at.lock().unwrap_or_else(|e| e.into_inner()) = on.then(Instant::now);
     }
 
     fn fired(&self) -> bool {
@@ -112,12 +111,12 @@ impl Drop for Watchdog {
 
 /// One scaffold VM, reused for any number of cases.
 pub struct VmRunner {
-    scaffold: Scaffold,
-    // Declared before `_vm`: the vCPU goes first.
+    // Dropped in this order: the watchdog thread, the vCPU, its VM, memory.
+    watchdog: Watchdog,
     vcpu: Box<dyn Vcpu>,
     _vm: Arc<dyn Vm>,
     ops: Arc<ScaffoldOps>,
-    watchdog: Watchdog,
+    scaffold: Scaffold,
 }
 
 impl VmRunner {
@@ -130,13 +129,7 @@ impl VmRunner {
         vcpu.set_cpu_state(&scaffold.state)?;
         let _ = ops.kicker.set(vcpu.kicker());
         let watchdog = Watchdog::start(vcpu.kicker());
-        Ok(VmRunner {
-            scaffold,
-            vcpu,
-            _vm: vm,
-            ops,
-            watchdog,
-        })
+        Ok(VmRunner { scaffold, vcpu, _vm: vm, ops, watchdog })
     }
 
     /// Port or MMIO accesses other than the scaffold's own (should be 0).
@@ -146,7 +139,7 @@ impl VmRunner {
 
     /// Runs one case.
     pub fn run(&mut self, case: &TestCase) -> Result<Outcome, OracleError> {
-        scaffold::load_case(&self.scaffold.memory, case)?;
+        self.scaffold.load_case(case)?;
         self.watchdog.arm(true);
         let result = self.run_armed(case);
         self.watchdog.arm(false);
@@ -161,7 +154,7 @@ impl VmRunner {
         loop {
             match self.vcpu.run()? {
                 VcpuExit::Kicked => {
-                    if let Some(o) = scaffold::read_result(&self.scaffold.memory, case)? {
+                    if let Some(o) = self.scaffold.read_result(case)? {
                         return Ok(o);
                     }
                     if self.watchdog.fired() {

@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use libc::{c_int, c_void, siginfo_t, ucontext_t};
 
 use super::{
-    OracleError, Outcome, TestCase, Trap, UserRegs, CODE, DATA, GUARD_HIGH, GUARD_LOW, PAGE,
-    STACK, USER_FLAGS, WINDOW_END,
+    OracleError, Outcome, TestCase, Trap, UserRegs, CODE, DATA, GUARD_HIGH, GUARD_LOW, PAGE, STACK, USER_FLAGS,
+    WINDOW_END,
 };
 
 /// Cases per child process.
@@ -37,13 +37,7 @@ const ALT_STACK: usize = 64 * 1024;
 const TF_AC: u64 = (1 << 8) | (1 << 18);
 
 /// The signals a case can end with.
-const SIGNALS: [c_int; 5] = [
-    libc::SIGILL,
-    libc::SIGSEGV,
-    libc::SIGBUS,
-    libc::SIGFPE,
-    libc::SIGTRAP,
-];
+const SIGNALS: [c_int; 5] = [libc::SIGILL, libc::SIGSEGV, libc::SIGBUS, libc::SIGFPE, libc::SIGTRAP];
 
 /// `uc_mcontext.gregs` index of each GPR, in encoding order.
 const GREGS: [c_int; 16] = [
@@ -170,12 +164,7 @@ impl Shared {
         if base == libc::MAP_FAILED {
             return Err(os_error("mmap (shared batch area)"));
         }
-        Ok(Shared {
-            base: base.cast(),
-            len,
-            count,
-            capacity: count,
-        })
+        Ok(Shared { base: base.cast(), len, count, capacity: count })
     }
 
     fn header(&mut self) -> &mut Header {
@@ -199,15 +188,11 @@ impl Drop for Shared {
 }
 
 fn slot_ptr(base: *mut u8, i: u64) -> *mut Slot {
-    base.wrapping_add(SLOTS_AT + i as usize * size_of::<Slot>())
-        .cast()
+    base.wrapping_add(SLOTS_AT + i as usize * size_of::<Slot>()).cast()
 }
 
 fn os_error(op: &'static str) -> OracleError {
-    OracleError::Os {
-        op,
-        source: io::Error::last_os_error(),
-    }
+    OracleError::Os { op, source: io::Error::last_os_error() }
 }
 
 /// Runs one case natively.
@@ -227,10 +212,7 @@ pub fn run_native_batch(cases: &[TestCase]) -> Result<Vec<Outcome>, OracleError>
 }
 
 fn check(case: &TestCase) -> Result<(), OracleError> {
-    let bad = |what| OracleError::BadCase {
-        seed: case.seed,
-        what,
-    };
+    let bad = |what| OracleError::BadCase { seed: case.seed, what };
     if case.code.len() < 2 || case.code.len() > PAGE {
         return Err(bad("code must be 2 to 4096 bytes"));
     }
@@ -269,10 +251,7 @@ fn run_in(shared: &mut Shared, cases: &[TestCase]) -> Result<Vec<Outcome>, Oracl
     let header = shared.header();
     if header.setup_stage != 0 {
         return Err(OracleError::ChildSetup {
-            stage: STAGES
-                .get(header.setup_stage as usize)
-                .copied()
-                .unwrap_or("unknown"),
+            stage: STAGES.get(header.setup_stage as usize).copied().unwrap_or("unknown"),
             errno: header.setup_errno as i32,
         });
     }
@@ -283,10 +262,7 @@ fn run_in(shared: &mut Shared, cases: &[TestCase]) -> Result<Vec<Outcome>, Oracl
         if libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGALRM {
             return Err(OracleError::Timeout { seed });
         }
-        return Err(OracleError::ChildDied {
-            seed,
-            status: describe(status),
-        });
+        return Err(OracleError::ChildDied { seed, status: describe(status) });
     }
     let mut outcomes = Vec::with_capacity(cases.len());
     for (i, case) in cases.iter().enumerate() {
@@ -300,13 +276,7 @@ fn run_in(shared: &mut Shared, cases: &[TestCase]) -> Result<Vec<Outcome>, Oracl
             cr2: slot.cr2,
             rip: slot.rip,
         };
-        outcomes.push(Outcome::from_trap(
-            case,
-            trap,
-            regs,
-            slot.data.to_vec(),
-            slot.stack.to_vec(),
-        ));
+        outcomes.push(Outcome::from_trap(case, trap, regs, slot.data.to_vec(), slot.stack.to_vec()));
     }
     Ok(outcomes)
 }
@@ -372,14 +342,7 @@ unsafe fn child_main(shared: *mut u8, shared_len: usize) -> ! {
         libc::madvise(shared.cast(), shared_len, libc::MADV_POPULATE_WRITE);
         let window_len = (WINDOW_END - CODE) as usize;
         let at = |a: u64| a as *mut c_void;
-        let r = libc::mmap(
-            at(CODE),
-            window_len,
-            libc::PROT_NONE,
-            anon | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
-        );
+        let r = libc::mmap(at(CODE), window_len, libc::PROT_NONE, anon | libc::MAP_FIXED_NOREPLACE, -1, 0);
         if r != at(CODE) {
             fail(h, 1);
         }
@@ -391,9 +354,7 @@ unsafe fn child_main(shared: *mut u8, shared_len: usize) -> ! {
             fail(h, 3);
         }
         let shared_fixed = libc::MAP_SHARED | libc::MAP_FIXED;
-        if libc::mmap(at(CODE), PAGE, libc::PROT_READ | libc::PROT_EXEC, shared_fixed, fd, 0)
-            != at(CODE)
-        {
+        if libc::mmap(at(CODE), PAGE, libc::PROT_READ | libc::PROT_EXEC, shared_fixed, fd, 0) != at(CODE) {
             fail(h, 4);
         }
         let alias = libc::mmap(ptr::null_mut(), PAGE, rw, libc::MAP_SHARED, fd, 0);
@@ -409,11 +370,7 @@ unsafe fn child_main(shared: *mut u8, shared_len: usize) -> ! {
             fail(h, 6);
         }
         let alt = libc::mmap(ptr::null_mut(), ALT_STACK, rw, anon, -1, 0);
-        let ss = libc::stack_t {
-            ss_sp: alt,
-            ss_flags: 0,
-            ss_size: ALT_STACK,
-        };
+        let ss = libc::stack_t { ss_sp: alt, ss_flags: 0, ss_size: ALT_STACK };
         if alt == libc::MAP_FAILED || libc::sigaltstack(&ss, ptr::null_mut()) != 0 {
             fail(h, 7);
         }

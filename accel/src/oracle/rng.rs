@@ -87,14 +87,18 @@ mod tests {
 
     #[test]
     fn deterministic_and_seed_sensitive() {
-        let a: Vec<u64> = (0..4).map({
-            let mut r = Rng::new(7);
-            move |_| r.next()
-        }).collect();
-        let b: Vec<u64> = (0..4).map({
-            let mut r = Rng::new(7);
-            move |_| r.next()
-        }).collect();
+        let a: Vec<u64> = (0..4)
+            .map({
+                let mut r = Rng::new(7);
+                move |_| r.next()
+            })
+            .collect();
+        let b: Vec<u64> = (0..4)
+            .map({
+                let mut r = Rng::new(7);
+                move |_| r.next()
+            })
+            .collect();
         let c = Rng::new(8).next();
         assert_eq!(a, b);
         assert_ne!(a[0], c);

@@ -8,8 +8,11 @@
 //! whose RSP0 is the kernel stack, and an IDT whose 32 gates all lead to
 //! one recorder.
 //!
-//! Per case, the host writes the pages and an *image*: the GPRs (RSP
-//! aside) followed by an IRET frame to the code at CPL3. The CPL0 loop
+//! Per case, the host writes the data and stack pages, the code into a
+//! supervisor staging page, and an *image*: the GPRs (RSP aside) followed
+//! by an IRET frame to the code at CPL3. The CPL0 loop copies the code into
+//! the code page itself (`rep movsq`: a guest store, so an emulator's
+//! translated-code tracking sees it, as it would not see a host write),
 //! points RSP at the image, pops the GPRs and `iretq`s. Whatever exception
 //! ends the case (the `ud2` terminator or a fault) enters a handler that
 //! pushes the vector (and a zero error code where the CPU pushes none),
@@ -25,10 +28,7 @@ use iced_x86::code_asm::{AsmRegister64, CodeAssembler, CodeLabel, IcedError};
 use iced_x86::BlockEncoderOptions;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::{
-    has_error_code, OracleError, Outcome, TestCase, Trap, UserRegs, CODE, DATA, PAGE, STACK,
-    USER_FLAGS,
-};
+use super::{has_error_code, OracleError, Outcome, TestCase, Trap, UserRegs, CODE, DATA, PAGE, STACK, USER_FLAGS};
 use crate::{CpuState, DescriptorTable, Segment};
 
 /// Guest physical layout (all below 2 MiB, identity-mapped for CPL0).
@@ -42,6 +42,10 @@ pub mod layout {
     pub const PT: u64 = 0x7000;
     /// The GPRs but RSP (encoding order), then the IRET frame.
     pub const IMAGE: u64 = 0x8000;
+    /// How many qwords of code to copy from [`STAGE`].
+    pub const COPY_QWORDS: u64 = 0x8800;
+    /// The next case's code, copied to the code page by the guest.
+    pub const STAGE: u64 = 0xa000;
     /// The GPRs at the exception (RSP's slot unused), then CR2 for #PF.
     pub const RESULT: u64 = 0x9000;
     pub const KERNEL_STACK_TOP: u64 = 0x1_0000;
@@ -75,6 +79,8 @@ const CR2_SLOT: u64 = RESULT + 8 * 17;
 pub struct Scaffold {
     pub memory: GuestMemoryMmap,
     pub state: CpuState,
+    /// Bytes of the code page the last case may have used.
+    code_len: usize,
 }
 
 fn mem_err(e: impl std::fmt::Display) -> OracleError {
@@ -96,15 +102,13 @@ fn tss_descriptor() -> (u64, u64) {
 
 fn gprs() -> [AsmRegister64; 16] {
     use iced_x86::code_asm::registers::gpr64::*;
-    [
-        rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15,
-    ]
+    [rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15]
 }
 
 /// The CPL0 code: returns it and the addresses of the start and the 32
 /// exception handlers.
 fn code() -> Result<(Vec<u8>, u64, Vec<u64>), IcedError> {
-    use iced_x86::code_asm::{al, cr2, qword_ptr, rax, rsp};
+    use iced_x86::code_asm::{al, cr2, edi, esi, qword_ptr, rax, rcx, rsp};
     let mut a = CodeAssembler::new(64)?;
     let mut start = a.create_label();
     let mut next = a.create_label();
@@ -116,6 +120,12 @@ fn code() -> Result<(Vec<u8>, u64, Vec<u64>), IcedError> {
     a.out(0x21u32, al)?;
     a.out(0xa1u32, al)?;
     a.set_label(&mut next)?;
+    // DF is the user's after an exception: clear it for the copy.
+    a.cld()?;
+    a.mov(esi, STAGE as u32)?;
+    a.mov(edi, USER_CODE as u32)?;
+    a.mov(rcx, qword_ptr(COPY_QWORDS))?;
+    a.rep().movsq()?;
     a.mov(rsp, IMAGE)?;
     for (_, r) in gprs().into_iter().enumerate().filter(|(i, _)| *i != 4) {
         a.pop(r)?;
@@ -144,15 +154,9 @@ fn code() -> Result<(Vec<u8>, u64, Vec<u64>), IcedError> {
     a.out(u32::from(DONE_PORT), al)?;
     a.jmp(next)?;
 
-    let r = a.assemble_options(
-        SCAFFOLD,
-        BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
-    )?;
+    let r = a.assemble_options(SCAFFOLD, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)?;
     let start = r.label_ip(&start)?;
-    let handlers = handlers
-        .iter()
-        .map(|l| r.label_ip(l))
-        .collect::<Result<Vec<u64>, _>>()?;
+    let handlers = handlers.iter().map(|l| r.label_ip(l)).collect::<Result<Vec<u64>, _>>()?;
     Ok((r.inner.code_buffer, start, handlers))
 }
 
@@ -166,9 +170,7 @@ pub fn build() -> Result<Scaffold, OracleError> {
     }
     // TSS: RSP0 at offset 4; the I/O map base past the limit (no bitmap).
     write_u64(&memory, TSS + 4, KERNEL_STACK_TOP)?;
-    memory
-        .write_obj(104u16, GuestAddress(TSS + 102))
-        .map_err(mem_err)?;
+    memory.write_obj(104u16, GuestAddress(TSS + 102)).map_err(mem_err)?;
 
     const P: u64 = 1;
     const RW: u64 = 2;
@@ -183,11 +185,8 @@ pub fn build() -> Result<Scaffold, OracleError> {
     write_u64(&memory, pte(DATA), USER_DATA | P | RW | US)?;
     write_u64(&memory, pte(STACK), USER_STACK | P | RW | US)?;
 
-    let (code, start, handlers) =
-        code().map_err(|e| OracleError::Scaffold(format!("assembling the scaffold: {e}")))?;
-    memory
-        .write_slice(&code, GuestAddress(SCAFFOLD))
-        .map_err(mem_err)?;
+    let (code, start, handlers) = code().map_err(|e| OracleError::Scaffold(format!("assembling the scaffold: {e}")))?;
+    memory.write_slice(&code, GuestAddress(SCAFFOLD)).map_err(mem_err)?;
     for (v, h) in handlers.iter().enumerate() {
         // 64-bit interrupt gate: selector 0x08, present, DPL 0, type 0xe.
         let low = (h & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | (((h >> 16) & 0xffff) << 48);
@@ -208,48 +207,50 @@ pub fn build() -> Result<Scaffold, OracleError> {
         fs: data,
         gs: data,
         ss: data,
-        tr: Segment {
-            base: TSS,
-            ..Segment::from_gdt_entry(TSS_SELECTOR, tss_low)
-        },
+        tr: Segment { base: TSS, ..Segment::from_gdt_entry(TSS_SELECTOR, tss_low) },
         ldt: Segment::default(),
-        gdt: DescriptorTable {
-            base: GDT,
-            limit: (gdt.len() * 8 - 1) as u16,
-        },
-        idt: DescriptorTable {
-            base: IDT,
-            limit: (handlers.len() * 16 - 1) as u16,
-        },
+        gdt: DescriptorTable { base: GDT, limit: (gdt.len() * 8 - 1) as u16 },
+        idt: DescriptorTable { base: IDT, limit: (handlers.len() * 16 - 1) as u16 },
         cr0: 0x8001_0031, // PG | WP | NE | ET | PE
         cr3: PML4,
-        cr4: 0x20, // PAE
+        cr4: 0x20,   // PAE
         efer: 0x500, // LMA | LME
     };
-    Ok(Scaffold { memory, state })
+    Ok(Scaffold { memory, state, code_len: PAGE })
 }
 
-/// Writes `case` for the scaffold to run next.
-pub fn load_case(mem: &GuestMemoryMmap, case: &TestCase) -> Result<(), OracleError> {
+impl Scaffold {
+    /// Writes `case` for the scaffold to run next.
+    pub fn load_case(&mut self, case: &TestCase) -> Result<(), OracleError> {
+        load_case(&self.memory, case, self.code_len)?;
+        self.code_len = case.code.len();
+        Ok(())
+    }
+
+    /// The outcome of the case loaded last, or `None` if no handler has run
+    /// since [`Scaffold::load_case`].
+    pub fn read_result(&self, case: &TestCase) -> Result<Option<Outcome>, OracleError> {
+        read_result(&self.memory, case)
+    }
+}
+
+/// Writes `case`; the code copy also overwrites the `last_len` bytes the
+/// previous case's code used (with INT3).
+fn load_case(mem: &GuestMemoryMmap, case: &TestCase, last_len: usize) -> Result<(), OracleError> {
     if case.code.len() < 2 || case.code.len() > PAGE || case.data.len() != PAGE || case.stack.len() != PAGE {
         return Err(OracleError::BadCase {
             seed: case.seed,
             what: "code must be 2 to 4096 bytes, data and stack 4096",
         });
     }
-    let mut code = [0xccu8; PAGE];
+    let copy = case.code.len().max(last_len).min(PAGE).div_ceil(8) * 8;
+    let mut code = vec![0xccu8; copy];
     code[..case.code.len()].copy_from_slice(&case.code);
-    mem.write_slice(&code, GuestAddress(USER_CODE)).map_err(mem_err)?;
+    mem.write_slice(&code, GuestAddress(STAGE)).map_err(mem_err)?;
+    write_u64(mem, COPY_QWORDS, (copy / 8) as u64)?;
     mem.write_slice(&case.data, GuestAddress(USER_DATA)).map_err(mem_err)?;
     mem.write_slice(&case.stack, GuestAddress(USER_STACK)).map_err(mem_err)?;
-    let mut image: Vec<u64> = case
-        .init
-        .gprs
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != 4)
-        .map(|(_, v)| *v)
-        .collect();
+    let mut image: Vec<u64> = case.init.gprs.iter().enumerate().filter(|(i, _)| *i != 4).map(|(_, v)| *v).collect();
     image.extend([
         CODE,
         USER_CS as u64,
@@ -263,9 +264,7 @@ pub fn load_case(mem: &GuestMemoryMmap, case: &TestCase) -> Result<(), OracleErr
     write_u64(mem, RECORD, NOT_DONE)
 }
 
-/// The outcome of `case`, or `None` if no handler has run since
-/// [`load_case`].
-pub fn read_result(mem: &GuestMemoryMmap, case: &TestCase) -> Result<Option<Outcome>, OracleError> {
+fn read_result(mem: &GuestMemoryMmap, case: &TestCase) -> Result<Option<Outcome>, OracleError> {
     let mut raw = [0u8; 8 * 7];
     mem.read_slice(&mut raw, GuestAddress(RECORD)).map_err(mem_err)?;
     let word = |i: usize| {
@@ -273,8 +272,7 @@ pub fn read_result(mem: &GuestMemoryMmap, case: &TestCase) -> Result<Option<Outc
         b.copy_from_slice(&raw[i * 8..i * 8 + 8]);
         u64::from_le_bytes(b)
     };
-    let (vector, error_code, rip, cs, rflags, rsp) =
-        (word(0), word(1), word(2), word(3), word(4), word(5));
+    let (vector, error_code, rip, cs, rflags, rsp) = (word(0), word(1), word(2), word(3), word(4), word(5));
     if vector == NOT_DONE {
         return Ok(None);
     }
@@ -291,19 +289,11 @@ pub fn read_result(mem: &GuestMemoryMmap, case: &TestCase) -> Result<Option<Outc
         b.copy_from_slice(&block[i * 8..i * 8 + 8]);
         u64::from_le_bytes(b)
     };
-    let mut regs = UserRegs {
-        gprs: [0; 16],
-        rflags,
-    };
+    let mut regs = UserRegs { gprs: [0; 16], rflags };
     for (i, g) in regs.gprs.iter_mut().enumerate() {
         *g = if i == 4 { rsp } else { result(i) };
     }
-    let trap = Trap {
-        vector: u8::try_from(vector).unwrap_or(u8::MAX),
-        error_code,
-        cr2: result(17),
-        rip,
-    };
+    let trap = Trap { vector: u8::try_from(vector).unwrap_or(u8::MAX), error_code, cr2: result(17), rip };
     let mut data = vec![0; PAGE];
     let mut stack = vec![0; PAGE];
     mem.read_slice(&mut data, GuestAddress(USER_DATA)).map_err(mem_err)?;

@@ -9,12 +9,16 @@
 //! - [`mmu`]: linear → physical translation (page walker for 2-level, PAE and
 //!   4-level paging, `SoftTlb`), guest RAM vs MMIO routing, the per-page
 //!   "holds translated code" map for self-modifying code.
+//! - [`fpu`]: x87/MMX/MXCSR semantics: register stack, control and status
+//!   words, 80-bit soft-float, the FXSAVE image.
 //! - `ir`: the typed IR a translation block is lowered to; the one place
 //!   instruction semantics live. Interpreted by `interp`, compiled by the JIT later.
 //! - `translate/`: the frontend: iced-x86 decode → IR, one family per file.
 //! - `interrupts`: exception and interrupt delivery (IVT, IDT, privilege
 //!   changes, TSS stacks, IST, 64-bit frames, IRET), double and triple fault.
 //! - `segmentation`: descriptor loads, far transfers, privilege checks.
+//! - `simd`: SSE/SSE2 helpers (XMM registers, MXCSR), lowered to by
+//!   `translate/sse`.
 //! - `system`: helpers for system instructions (CR/DR/MSR moves, descriptor
 //!   table loads, CPUID table, RDTSC, SYSCALL/SYSRET, HLT…).
 //! - `tb_cache`: translation blocks keyed by physical PC + hflags.
@@ -23,12 +27,14 @@
 pub mod context;
 pub mod exception;
 pub mod flags;
+pub mod fpu;
 pub mod interp;
 pub mod interrupts;
 pub mod ir;
 pub mod mmu;
 pub mod segmentation;
 pub mod signals;
+pub mod simd;
 pub mod state;
 pub mod system;
 pub mod tb_cache;

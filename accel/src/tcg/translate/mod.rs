@@ -17,9 +17,11 @@ mod misc;
 mod mov;
 mod muldiv;
 mod shift;
+mod sse;
 mod stack;
 mod string;
 mod system;
+mod x87;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -257,6 +259,8 @@ pub fn translate_block(
 fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
     use Mnemonic as M;
     match insn.mnemonic() {
+        // SSE/SSE2 first: it takes the SSE2 codes of the MOVSD/CMPSD mnemonics.
+        _ if sse::claims(insn) => sse::lower(b, insn),
         M::Add
         | M::Adc
         | M::Sub
@@ -385,6 +389,7 @@ fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
         | M::Outsb
         | M::Outsw
         | M::Outsd => string::lower(b, insn),
+        m if x87::handles(m) => x87::lower(b, insn),
         _ => match misc::lower(b, insn) {
             Lowered::Unsupported => system::lower(b, insn),
             done => done,

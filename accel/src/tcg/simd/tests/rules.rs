@@ -1,0 +1,1 @@
+//! Rules a host comparison cannot reach.

@@ -1,0 +1,323 @@
+//! The differential tester's oracles against each other and against
+//! hand-written cases with known results. The KVM parts print `SKIP:` and
+//! pass when /dev/kvm can't be opened.
+//!
+//! `RXVMM_DIFF_ITERS=N` raises the number of generated cases (default 2000).
+
+use std::time::Instant;
+
+use accel::oracle::{
+    self, compare, generate, localise, open_kvm, run_native, run_native_batch, vector, Fault, OracleError, Outcome,
+    TestCase, VmRunner, CODE, DATA, GUARD_HIGH, PAGE, STACK_START,
+};
+use iced_x86::code_asm::*;
+use iced_x86::{BlockEncoder, BlockEncoderOptions, Code, InstructionBlock, Mnemonic};
+
+/// Seeds of the agreement run start here.
+const SEED_BASE: u64 = 0x0dd5_0000;
+
+/// A VM runner on KVM, or why the KVM part is skipped.
+fn kvm_or_skip() -> Option<VmRunner> {
+    match open_kvm().and_then(|kvm| VmRunner::new(&kvm)) {
+        Ok(r) => Some(r),
+        Err(OracleError::Unavailable(why)) => {
+            println!("SKIP (KVM oracle): {why}");
+            None
+        }
+        Err(e) => panic!("/dev/kvm opens but the scaffold guest fails: {e:?}"),
+    }
+}
+
+fn run_kvm_batch(r: &mut VmRunner, cases: &[TestCase]) -> Result<Vec<Outcome>, OracleError> {
+    cases.iter().map(|c| r.run(c)).collect()
+}
+
+/// Divergences between the CPU and KVM-on-PVM that are PVM's, not the
+/// oracles': the native run is the architectural truth.
+fn known_pvm_quirk(case: &TestCase, native: &Outcome, kvm: &Outcome) -> Option<&'static str> {
+    let (Some(n), Some(k)) = (native.fault, kvm.fault) else {
+        return None;
+    };
+    let with_native_fault = Outcome { fault: native.fault, ..kvm.clone() };
+    let same_otherwise = compare(case, native, &with_native_fault).is_ok();
+    let instr = case.instructions().into_iter().find(|i| i.ip() == CODE + n.rip_offset)?;
+    // PVM hands the guest-user #GP to KVM's instruction emulator, which
+    // doesn't know POPCNT and injects #UD.
+    (same_otherwise
+        && n.vector == vector::GP
+        && k.vector == vector::UD
+        && n.rip_offset == k.rip_offset
+        && instr.mnemonic() == Mnemonic::Popcnt)
+        .then_some("POPCNT with a non-canonical address: #UD under PVM, #GP(0) on the CPU")
+}
+
+fn iterations() -> u64 {
+    std::env::var("RXVMM_DIFF_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+}
+
+#[test]
+fn native_and_kvm_cpl3_oracles_agree() {
+    let total = iterations();
+    let mut kvm = kvm_or_skip();
+    let (mut native_time, mut kvm_time) = (0.0, 0.0);
+    let mut faults = std::collections::BTreeMap::<String, u64>::new();
+    let mut quirks = std::collections::BTreeMap::<&str, u64>::new();
+    let mut failures = Vec::new();
+    let seeds: Vec<u64> = (SEED_BASE..SEED_BASE + total).collect();
+    for chunk in seeds.chunks(2048) {
+        let cases: Vec<TestCase> = chunk.iter().map(|&s| generate(s)).collect();
+        let t = Instant::now();
+        let native = run_native_batch(&cases).expect("native oracle");
+        native_time += t.elapsed().as_secs_f64();
+        for o in &native {
+            let key = o.fault.map_or("end".into(), |f| format!("vector {}", f.vector));
+            *faults.entry(key).or_default() += 1;
+        }
+        let Some(runner) = kvm.as_mut() else { continue };
+        let t = Instant::now();
+        let vm = run_kvm_batch(runner, &cases).expect("KVM oracle");
+        kvm_time += t.elapsed().as_secs_f64();
+        for ((case, n), k) in cases.iter().zip(&native).zip(&vm) {
+            let Err(mut d) = compare(case, n, k) else { continue };
+            if let Some(q) = known_pvm_quirk(case, n, k) {
+                *quirks.entry(q).or_default() += 1;
+                continue;
+            }
+            d.culprit =
+                localise(case, &mut run_native_batch, &mut |c: &[TestCase]| run_kvm_batch(runner, c)).unwrap_or(None);
+            failures.push(d);
+        }
+    }
+    println!("{total} cases; outcomes (native): {faults:?}");
+    println!("native oracle: {:.0} cases/s", total as f64 / native_time.max(1e-9));
+    if kvm.is_some() {
+        println!("KVM-CPL3 oracle: {:.0} cases/s", total as f64 / kvm_time.max(1e-9));
+        println!("known PVM quirks (native is right): {quirks:?}");
+        assert_eq!(kvm.as_ref().map(VmRunner::stray_accesses), Some(0));
+    }
+    for d in failures.iter().take(5) {
+        println!("{d}");
+    }
+    assert!(failures.is_empty(), "{} unexplained divergences", failures.len());
+}
+
+/// Assembles a hand-written case: `body`, then the `ud2` terminator.
+fn case(body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> TestCase {
+    let mut a = CodeAssembler::new(64).unwrap();
+    body(&mut a).unwrap();
+    a.ud2().unwrap();
+    TestCase::with_code(a.assemble(CODE).unwrap())
+}
+
+/// Runs `case` on both oracles (KVM when available); they must agree.
+fn run_both(case: &TestCase) -> Outcome {
+    let native = run_native(case).expect("native oracle");
+    if let Some(mut kvm) = kvm_or_skip() {
+        let vm = kvm.run(case).expect("KVM oracle");
+        if let Err(d) = compare(case, &native, &vm) {
+            panic!("oracles disagree on a hand-written case:\n{d}");
+        }
+    }
+    native
+}
+
+/// Offset of the `n`th instruction of `case`.
+fn offset_of(case: &TestCase, n: usize) -> u64 {
+    case.instructions()[n].ip() - CODE
+}
+
+#[test]
+fn add_gives_twelve_and_flags() {
+    let c = case(|a| {
+        a.mov(rax, 5u64)?;
+        a.add(rax, 7)
+    });
+    let o = run_both(&c);
+    assert_eq!(o.fault, None);
+    assert_eq!(o.regs.gprs[0], 12);
+    // 12 = 0b1100: PF (even parity), no CF/AF/ZF/SF/OF; DF clear.
+    assert_eq!(o.regs.rflags & oracle::USER_FLAGS, 0x4);
+    assert_eq!(o.regs.gprs[4], STACK_START);
+}
+
+#[test]
+fn divide_by_zero_is_de_at_the_div() {
+    let c = case(|a| {
+        a.xor(edx, edx)?;
+        a.mov(eax, 1)?;
+        a.xor(ecx, ecx)?;
+        a.div(ecx)?;
+        a.mov(eax, 2)
+    });
+    let o = run_both(&c);
+    let rip_offset = offset_of(&c, 3);
+    assert_eq!(o.fault, Some(Fault { vector: vector::DE, error_code: None, addr: None, rip_offset }));
+    assert_eq!(o.regs.gprs[0], 1, "RAX as before the faulting DIV");
+}
+
+#[test]
+fn page_faults_report_exact_cr2_and_error_code() {
+    let pf = |addr, error_code, rip_offset| Fault {
+        vector: vector::PF,
+        error_code: Some(error_code),
+        addr: Some(addr),
+        rip_offset,
+    };
+    // A user read of a not-present page: U.
+    let c = case(|a| a.mov(rax, qword_ptr(GUARD_HIGH + 0x10)));
+    assert_eq!(run_both(&c).fault, Some(pf(GUARD_HIGH + 0x10, 4, 0)));
+    // A user write to the read-only code page: P | W | U.
+    let c = case(|a| {
+        a.nop()?;
+        a.mov(dword_ptr(CODE + 0x100), eax)
+    });
+    assert_eq!(run_both(&c).fault, Some(pf(CODE + 0x100, 7, 1)));
+    // A read split across the end of the data page faults on the guard page.
+    let c = case(|a| a.mov(eax, dword_ptr(DATA + PAGE as u64 - 2)));
+    assert_eq!(run_both(&c).fault, Some(pf(GUARD_HIGH, 4, 0)));
+}
+
+#[test]
+fn non_canonical_addresses_raise_gp_and_ss() {
+    let c = case(|a| {
+        a.mov(rbx, 0x8000_0000_0000_0000u64)?;
+        a.mov(al, byte_ptr(rbx))
+    });
+    let f = run_both(&c).fault.unwrap();
+    assert_eq!((f.vector, f.error_code, f.addr), (vector::GP, Some(0), None));
+    // Through RBP, the stack segment: #SS(0).
+    let c = case(|a| {
+        a.mov(rbp, 0x4000_0000_0000_0000u64)?;
+        a.mov(al, byte_ptr(rbp + 8))
+    });
+    let f = run_both(&c).fault.unwrap();
+    assert_eq!((f.vector, f.error_code), (vector::SS, Some(0)));
+}
+
+#[test]
+fn string_ops_and_the_stack_change_memory() {
+    let c = case(|a| {
+        a.mov(rdi, DATA + 0x100)?;
+        a.mov(ecx, 5)?;
+        a.mov(al, 0xab)?;
+        a.rep().stosb()?;
+        a.push(0x1234)?;
+        a.pop(rdx)?;
+        a.push(rdi)
+    });
+    let o = run_both(&c);
+    assert_eq!(o.fault, None);
+    assert_eq!(&o.data[0x100..0x106], &[0xab, 0xab, 0xab, 0xab, 0xab, 0]);
+    assert_eq!((o.regs.gprs[1], o.regs.gprs[7]), (0, DATA + 0x105));
+    assert_eq!(o.regs.gprs[2], 0x1234);
+    let top = (STACK_START - 8 - oracle::STACK) as usize;
+    assert_eq!(o.stack[top..top + 8], (DATA + 0x105).to_le_bytes());
+}
+
+#[test]
+fn runaway_cases_time_out_and_the_oracles_recover() {
+    let spin = case(|a| {
+        let mut here = a.create_label();
+        a.set_label(&mut here)?;
+        a.jmp(here)
+    });
+    let ok = case(|a| a.mov(eax, 1));
+    assert!(matches!(run_native(&spin), Err(OracleError::Timeout { .. })));
+    assert_eq!(run_native(&ok).unwrap().regs.gprs[0], 1);
+    if let Some(mut kvm) = kvm_or_skip() {
+        assert!(matches!(kvm.run(&spin), Err(OracleError::Timeout { .. })));
+        assert_eq!(kvm.run(&ok).unwrap().regs.gprs[0], 1);
+    }
+}
+
+/// Re-encodes `c` with instruction `n`'s code replaced by `code`.
+fn patched(c: &TestCase, n: usize, code: Code) -> TestCase {
+    let mut instrs = c.instructions();
+    if let Some(i) = instrs.get_mut(n) {
+        i.set_code(code);
+    }
+    let block = InstructionBlock::new(&instrs, CODE);
+    let code = BlockEncoder::encode(64, block, BlockEncoderOptions::NONE).unwrap().code_buffer;
+    TestCase { code, ..c.clone() }
+}
+
+#[test]
+fn localise_finds_the_instruction_a_buggy_engine_gets_wrong() {
+    let c = case(|a| {
+        a.mov(rax, 1u64)?;
+        a.mov(rcx, 2u64)?;
+        a.add(rax, rcx)?;
+        a.mov(rdx, 3u64)?;
+        a.imul_2(rdx, rax)
+    });
+    assert_eq!(c.instructions()[2].code(), Code::Add_rm64_r64);
+    // A "buggy engine": native execution with ADD turned into SUB.
+    let mut buggy = |cases: &[TestCase]| {
+        let bad: Vec<TestCase> =
+            cases.iter().map(|p| if p.len() > 2 { patched(p, 2, Code::Sub_rm64_r64) } else { p.clone() }).collect();
+        run_native_batch(&bad)
+    };
+    let expected = run_native(&c).unwrap();
+    let actual = buggy(std::slice::from_ref(&c)).unwrap().remove(0);
+    let mut d = compare(&c, &expected, &actual).unwrap_err();
+    d.culprit = localise(&c, &mut run_native_batch, &mut buggy).unwrap();
+    assert_eq!(d.culprit, Some(2));
+    let text = d.to_string();
+    println!("{text}");
+    assert!(text.contains(">>") && text.contains("add rax,rcx"), "{text}");
+    assert!(text.contains("rax: expected"), "{text}");
+}
+
+/// TCG against the native oracle through the same scaffold, each divergence
+/// localised and the culprits counted by mnemonic. Ignored until TCG
+/// passes: `cargo test -p accel --test oracle -- --ignored --nocapture tcg`.
+#[test]
+#[ignore = "TCG does not match the CPU yet; run with --ignored for a localised report"]
+fn tcg_matches_the_native_oracle() {
+    let total = iterations();
+    let new_runner = || VmRunner::new(&accel::tcg::Tcg).expect("scaffold guest under TCG");
+    let mut tcg = new_runner();
+    let mut by_culprit = std::collections::BTreeMap::<String, (u64, String)>::new();
+    let (mut diverged, mut tcg_time) = (0u64, 0.0);
+    let seeds: Vec<u64> = (SEED_BASE..SEED_BASE + total).collect();
+    for chunk in seeds.chunks(2048) {
+        let cases: Vec<TestCase> = chunk.iter().map(|&s| generate(s)).collect();
+        let native = run_native_batch(&cases).expect("native oracle");
+        for (case, n) in cases.iter().zip(&native) {
+            let t = Instant::now();
+            let result = tcg.run(case);
+            tcg_time += t.elapsed().as_secs_f64();
+            let mut d = match result {
+                Ok(o) => match compare(case, n, &o) {
+                    Ok(()) => continue,
+                    Err(d) => d,
+                },
+                Err(e) => {
+                    diverged += 1;
+                    by_culprit.entry(format!("engine error: {e}")).or_default().0 += 1;
+                    tcg = new_runner();
+                    continue;
+                }
+            };
+            diverged += 1;
+            let mut run_tcg = |c: &[TestCase]| c.iter().map(|c| tcg.run(c)).collect();
+            d.culprit = localise(case, &mut run_native_batch, &mut run_tcg).unwrap_or(None);
+            let key = d
+                .culprit
+                .and_then(|k| case.instructions().get(k).map(|i| format!("{:?}", i.mnemonic())))
+                .unwrap_or_else(|| "not localised".into());
+            let entry = by_culprit.entry(key).or_insert((0, d.to_string()));
+            entry.0 += 1;
+        }
+    }
+    println!("TCG: {:.0} cases/s; {diverged} of {total} cases diverge", total as f64 / tcg_time.max(1e-9));
+    let mut ranked: Vec<_> = by_culprit.iter().collect();
+    ranked.sort_by_key(|(_, (n, _))| std::cmp::Reverse(*n));
+    for (culprit, (n, _)) in &ranked {
+        println!("{n:6}  {culprit}");
+    }
+    for (culprit, (_, example)) in ranked.iter().take(3) {
+        println!("first case localised to {culprit}:\n{example}");
+    }
+    assert_eq!(diverged, 0, "TCG diverges from the CPU");
+}
