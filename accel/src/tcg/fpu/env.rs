@@ -89,7 +89,7 @@ pub fn load_env(f: &mut FpuState, b: &[u8], fmt: EnvFormat) {
     set_fcw(f, word(0) as u16);
     f.ftw = stack::abridge(word(2) as u16);
     if fmt.real {
-        let hi = |w: u32| if fmt.wide { w >> 12 } else { (w >> 12) & 0xf };
+        let hi = |w: u32| if fmt.wide { (w >> 12) & 0xffff } else { (w >> 12) & 0xf };
         f.fip = u64::from((word(3) & 0xffff) | (hi(word(4)) << 16));
         f.fop = (word(4) & 0x7ff) as u16;
         f.fdp = u64::from((word(5) & 0xffff) | (hi(word(6)) << 16));

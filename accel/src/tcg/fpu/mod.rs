@@ -12,7 +12,13 @@
 //! when CR0.NE is set. With CR0.NE clear (legacy FERR#/IRQ13 reporting, never
 //! used by Linux) the pending exception is ignored: no IRQ 13 is raised.
 
+pub mod convert;
+pub mod env;
+pub mod exec;
 pub mod fxsave;
+pub mod ops;
+pub mod softfloat;
+pub mod stack;
 
 use super::exception::{vector, Exception, Result};
 use super::state::{ctrl, FpuState, X86State};
