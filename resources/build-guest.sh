@@ -34,7 +34,7 @@ KERNEL_META=linux-image-cloud-amd64
 MODULES="virtio virtio_ring virtio_mmio virtio_pci ?virtio_pci_modern_dev
   ?virtio_pci_legacy_dev virtio_blk virtio_net ?net_failover ?failover
   virtio_console virtio_rng ?rng_core vmw_vsock_virtio_transport
-  ?vmw_vsock_virtio_transport_common ?vsock"
+  ?vmw_vsock_virtio_transport_common ?vsock pvpanic_mmio"
 
 export LC_ALL=C
 export PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin  # depmod lives in sbin

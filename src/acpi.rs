@@ -124,10 +124,7 @@ pub fn create_acpi_tables(mem: &GuestMemoryMmap, config: &AcpiConfig) -> Result<
 
     let end = xsdt_addr + xsdt.len() as u64;
     if end > layout::ACPI_END {
-        return Err(AcpiError::TooLarge {
-            end,
-            limit: layout::ACPI_END,
-        });
+        return Err(AcpiError::TooLarge { end, limit: layout::ACPI_END });
     }
 
     for (addr, bytes) in [
@@ -137,8 +134,7 @@ pub fn create_acpi_tables(mem: &GuestMemoryMmap, config: &AcpiConfig) -> Result<
         (madt_addr, madt.as_slice()),
         (xsdt_addr, xsdt.as_slice()),
     ] {
-        mem.write_slice(bytes, GuestAddress(addr))
-            .map_err(AcpiError::GuestMemory)?;
+        mem.write_slice(bytes, GuestAddress(addr)).map_err(AcpiError::GuestMemory)?;
     }
     log::debug!(
         "ACPI tables at {rsdp_addr:#x}..{end:#x}: DSDT {dsdt_addr:#x}, FADT {fadt_addr:#x}, \
@@ -157,16 +153,9 @@ fn validate(config: &AcpiConfig) -> Result<(), AcpiError> {
         return Err(AcpiError::TooManyVirtioDevices(config.virtio_devices.len()));
     }
     for dev in &config.virtio_devices {
-        let fits = dev.size > 0
-            && dev
-                .base
-                .checked_add(dev.size)
-                .is_some_and(|end| end <= 1 << 32);
+        let fits = dev.size > 0 && dev.base.checked_add(dev.size).is_some_and(|end| end <= 1 << 32);
         if !fits {
-            return Err(AcpiError::VirtioWindow {
-                base: dev.base,
-                size: dev.size,
-            });
+            return Err(AcpiError::VirtioWindow { base: dev.base, size: dev.size });
         }
     }
     Ok(())
@@ -184,13 +173,7 @@ fn to_bytes(table: &dyn Aml) -> Vec<u8> {
 
 /// Port 0x600 as an 8-bit system I/O register.
 fn power_register() -> GAS {
-    GAS::new(
-        AddressSpace::SystemIo,
-        8,
-        0,
-        AccessSize::ByteAccess,
-        u64::from(ACPI_POWER_PORT),
-    )
+    GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, u64::from(ACPI_POWER_PORT))
 }
 
 /// FADT 6.5, hardware-reduced: the sleep and reset registers are the only
@@ -266,40 +249,45 @@ impl Aml for Com1 {
     }
 }
 
-/// The DSDT: `\_S5_`, COM1 and the virtio-mmio devices.
+/// The pvpanic device as QEMU declares it, so Linux's `pvpanic_mmio` binds.
+struct PvPanic;
+
+impl Aml for PvPanic {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        let base = layout::pio::PVPANIC as u16;
+        let ports = aml::IO::new(base, base, 1, 1);
+        let crs = aml::ResourceTemplate::new(vec![&ports]);
+        aml::Device::new(
+            "PEVT".into(),
+            vec![
+                &aml::Name::new("_HID".into(), &"QEMU0001"),
+                &aml::Name::new("_UID".into(), &aml::ZERO),
+                &aml::Name::new("_CRS".into(), &crs),
+            ],
+        )
+        .to_aml_bytes(sink);
+    }
+}
+
+/// The DSDT: `\_S5_`, COM1, pvpanic and the virtio-mmio devices.
 fn create_dsdt(virtio: &[VirtioMmioAcpi]) -> Sdt {
     let mut aml_bytes = Vec::new();
 
     // SLP_TYPa (the only one hardware-reduced ACPI uses), SLP_TYPb, reserved.
-    aml::Name::new(
-        "_S5_".into(),
-        &aml::Package::new(vec![&S5_SLEEP_TYPE, &0u8, &0u8, &0u8]),
-    )
-    .to_aml_bytes(&mut aml_bytes);
+    aml::Name::new("_S5_".into(), &aml::Package::new(vec![&S5_SLEEP_TYPE, &0u8, &0u8, &0u8]))
+        .to_aml_bytes(&mut aml_bytes);
 
     // validate() checked every window fits in 32 bits and the count in u32.
     let virtio_devices: Vec<VirtioMmioDevice> = virtio
         .iter()
         .enumerate()
-        .map(|(i, d)| VirtioMmioDevice {
-            uid: i as u32,
-            base: d.base as u32,
-            size: d.size as u32,
-            gsi: d.gsi,
-        })
+        .map(|(i, d)| VirtioMmioDevice { uid: i as u32, base: d.base as u32, size: d.size as u32, gsi: d.gsi })
         .collect();
-    let mut sb_children: Vec<&dyn Aml> = vec![&Com1];
+    let mut sb_children: Vec<&dyn Aml> = vec![&Com1, &PvPanic];
     sb_children.extend(virtio_devices.iter().map(|d| d as &dyn Aml));
     aml::Scope::new("\\_SB_".into(), sb_children).to_aml_bytes(&mut aml_bytes);
 
-    let mut dsdt = Sdt::new(
-        *b"DSDT",
-        36,
-        DSDT_REVISION,
-        OEM_ID,
-        *b"RXVMDSDT",
-        OEM_REVISION,
-    );
+    let mut dsdt = Sdt::new(*b"DSDT", 36, DSDT_REVISION, OEM_ID, *b"RXVMDSDT", OEM_REVISION);
     dsdt.append_slice(&aml_bytes);
     dsdt
 }
@@ -311,14 +299,7 @@ fn create_dsdt(virtio: &[VirtioMmioAcpi]) -> Sdt {
 /// hardware-reduced mode Linux never touches a legacy 8259 anyway, and with
 /// no interrupt source overrides ISA IRQs map 1:1 onto IOAPIC pins.
 fn create_madt(vcpus: u8) -> Sdt {
-    let mut madt = Sdt::new(
-        *b"APIC",
-        44,
-        MADT_REVISION,
-        OEM_ID,
-        *b"RXVMAPIC",
-        OEM_REVISION,
-    );
+    let mut madt = Sdt::new(*b"APIC", 44, MADT_REVISION, OEM_ID, *b"RXVMAPIC", OEM_REVISION);
     madt.write_u32(36, layout::LAPIC_ADDR as u32);
     madt.write_u32(40, 0);
 

@@ -61,6 +61,8 @@ pub mod pio {
     /// ACPI hardware-reduced sleep control/status and reset register.
     pub const ACPI_POWER: u64 = 0x600;
     pub const ACPI_POWER_LEN: u64 = 1;
+    /// pvpanic (QEMU's ISA port), declared in the DSDT as QEMU0001.
+    pub const PVPANIC: u64 = 0x505;
 }
 
 /// Interrupt lines (GSIs on the IOAPIC).

@@ -11,6 +11,7 @@ pub mod exit;
 pub mod irq;
 pub mod irqchip;
 pub mod legacy;
+pub mod pvpanic;
 
 pub use bus::{BusDevice, BusError, IoBus};
 pub use exit::{ExitReason, VmExitSignal};

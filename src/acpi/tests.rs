@@ -159,16 +159,10 @@ fn madt_lists_each_vcpu_and_the_ioapic() {
 
 /// Disassembles `aml` with ACPICA's `iasl -d` and returns the ASL text.
 fn disassemble(aml: &[u8], name: &str) -> String {
-    let dir: PathBuf =
-        std::env::temp_dir().join(format!("rxvmm-acpi-{}-{name}", std::process::id()));
+    let dir: PathBuf = std::env::temp_dir().join(format!("rxvmm-acpi-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("dsdt.dat"), aml).unwrap();
-    let out = match Command::new("iasl")
-        .arg("-d")
-        .arg("dsdt.dat")
-        .current_dir(&dir)
-        .output()
-    {
+    let out = match Command::new("iasl").arg("-d").arg("dsdt.dat").current_dir(&dir).output() {
         Ok(out) => out,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             panic!("`iasl` not found: install acpica-tools (apt-get install -y acpica-tools)")
@@ -193,6 +187,7 @@ fn dsdt_disassembles_without_virtio() {
     let dsl = disassemble(&t.dsdt, "plain");
     assert!(dsl.contains("_S5_"), "{dsl}");
     assert!(dsl.contains("PNP0501"), "{dsl}");
+    assert!(dsl.contains("QEMU0001"), "{dsl}");
     assert!(!dsl.contains("LNRO0005"), "{dsl}");
 }
 
@@ -207,51 +202,27 @@ fn dsdt_declares_virtio_devices() {
     }
     // The second device's window and its edge/active-high/exclusive GSI.
     assert!(dsl.contains("0xD0001000"), "{dsl}");
-    assert!(
-        dsl.contains("Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )"),
-        "{dsl}"
-    );
+    assert!(dsl.contains("Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )"), "{dsl}");
     assert!(dsl.contains("0x00000006"), "{dsl}");
 }
 
 #[test]
 fn rejects_bad_configs() {
     let mem = memory();
-    assert!(matches!(
-        create_acpi_tables(&mem, &config(0, 0)),
-        Err(AcpiError::NoVcpus)
-    ));
-    assert!(matches!(
-        create_acpi_tables(&mem, &config(255, 0)),
-        Err(AcpiError::TooManyVcpus(255))
-    ));
+    assert!(matches!(create_acpi_tables(&mem, &config(0, 0)), Err(AcpiError::NoVcpus)));
+    assert!(matches!(create_acpi_tables(&mem, &config(255, 0)), Err(AcpiError::TooManyVcpus(255))));
     let mut high = config(1, 1);
     high.virtio_devices[0].base = 0xffff_f800;
-    assert!(matches!(
-        create_acpi_tables(&mem, &high),
-        Err(AcpiError::VirtioWindow { .. })
-    ));
+    assert!(matches!(create_acpi_tables(&mem, &high), Err(AcpiError::VirtioWindow { .. })));
     let mut empty = config(1, 1);
     empty.virtio_devices[0].size = 0;
-    assert!(matches!(
-        create_acpi_tables(&mem, &empty),
-        Err(AcpiError::VirtioWindow { .. })
-    ));
+    assert!(matches!(create_acpi_tables(&mem, &empty), Err(AcpiError::VirtioWindow { .. })));
     let mut many = config(1, 1);
     many.virtio_devices = vec![many.virtio_devices[0]; MAX_VIRTIO_DEVICES + 1];
-    assert!(matches!(
-        create_acpi_tables(&mem, &many),
-        Err(AcpiError::TooManyVirtioDevices(_))
-    ));
+    assert!(matches!(create_acpi_tables(&mem, &many), Err(AcpiError::TooManyVirtioDevices(_))));
     let mut big = config(1, 1);
     big.virtio_devices = vec![big.virtio_devices[0]; MAX_VIRTIO_DEVICES];
-    assert!(matches!(
-        create_acpi_tables(&mem, &big),
-        Err(AcpiError::TooLarge { .. })
-    ));
+    assert!(matches!(create_acpi_tables(&mem, &big), Err(AcpiError::TooLarge { .. })));
     let small = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 512 << 10)]).unwrap();
-    assert!(matches!(
-        create_acpi_tables(&small, &config(1, 0)),
-        Err(AcpiError::GuestMemory(_))
-    ));
+    assert!(matches!(create_acpi_tables(&small, &config(1, 0)), Err(AcpiError::GuestMemory(_))));
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use accel::Vm;
 use devices::acpi::AcpiPower;
 use devices::legacy::{BootMarker, Cmos, Serial, I8042};
+use devices::pvpanic::PvPanic;
 use devices::{BusError, IoBus, VmExitSignal};
 
 use crate::layout::{self, pio};
@@ -36,8 +37,7 @@ impl PlatformDevices {
         console_out: Box<dyn Write + Send>,
         start: Instant,
     ) -> Result<Self, DeviceSetupError> {
-        let serial_irq =
-            vm.irq_line(layout::irq::SERIAL_COM1).map_err(|e| DeviceSetupError::Irq("serial", e))?;
+        let serial_irq = vm.irq_line(layout::irq::SERIAL_COM1).map_err(|e| DeviceSetupError::Irq("serial", e))?;
         let serial = Arc::new(Serial::new(serial_irq, console_out));
         let boot_marker = Arc::new(BootMarker::new(start));
 
@@ -47,6 +47,7 @@ impl PlatformDevices {
         pio_bus.insert(pio::RTC, pio::RTC_LEN, Arc::new(Cmos::new()))?;
         pio_bus.insert(pio::DEBUG_PORT, 1, boot_marker.clone())?;
         pio_bus.insert(pio::ACPI_POWER, pio::ACPI_POWER_LEN, Arc::new(AcpiPower::new(exit.clone())))?;
+        pio_bus.insert(pio::PVPANIC, 1, Arc::new(PvPanic::new(exit.clone())))?;
 
         let mut mmio_bus = IoBus::new();
         mmio_bus.insert(layout::BOOT_TIMER_ADDR, 1, boot_marker.clone())?;
