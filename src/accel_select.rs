@@ -56,4 +56,3 @@ pub fn select(choice: AccelChoice) -> Result<Box<dyn Accelerator>, SelectError> 
 fn tcg() -> Box<dyn Accelerator> {
     Box::new(accel::tcg::Tcg)
 }
-

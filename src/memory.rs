@@ -26,32 +26,21 @@ pub enum MemoryError {
 /// guest touches them.
 pub fn create_guest_memory(mem_mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
     if mem_mib < layout::MIN_MEM_MIB {
-        return Err(MemoryError::TooSmall {
-            mib: mem_mib,
-            min: layout::MIN_MEM_MIB,
-        });
+        return Err(MemoryError::TooSmall { mib: mem_mib, min: layout::MIN_MEM_MIB });
     }
     if mem_mib > layout::MAX_MEM_MIB {
-        return Err(MemoryError::TooLarge {
-            mib: mem_mib,
-            max: layout::MAX_MEM_MIB,
-        });
+        return Err(MemoryError::TooLarge { mib: mem_mib, max: layout::MAX_MEM_MIB });
     }
     // Cannot overflow: MAX_MEM_MIB << 20 fits easily in a u64.
     let mem_size = mem_mib << 20;
     let mut ranges = Vec::new();
     for (start, size) in layout::ram_regions(mem_size) {
         // usize is 64-bit on every host we build for; the check keeps 32-bit honest.
-        let size = usize::try_from(size).map_err(|_| MemoryError::TooLarge {
-            mib: mem_mib,
-            max: layout::MAX_MEM_MIB,
-        })?;
+        let size =
+            usize::try_from(size).map_err(|_| MemoryError::TooLarge { mib: mem_mib, max: layout::MAX_MEM_MIB })?;
         ranges.push((GuestAddress(start), size));
     }
-    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Mmap {
-        mib: mem_mib,
-        source,
-    })?;
+    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Mmap { mib: mem_mib, source })?;
     debug!("guest RAM: {mem_mib} MiB in {ranges:x?}");
     Ok(mem)
 }
@@ -63,9 +52,7 @@ mod tests {
     use super::*;
 
     fn regions(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
-        mem.iter()
-            .map(|r| (r.start_addr().raw_value(), r.len()))
-            .collect()
+        mem.iter().map(|r| (r.start_addr().raw_value(), r.len())).collect()
     }
 
     #[test]
@@ -85,17 +72,11 @@ mod tests {
     fn large_memory_continues_above_4gib() {
         let mem = create_guest_memory(6144).unwrap();
         let high = (6u64 << 30) - layout::MMIO_HOLE_START;
-        assert_eq!(
-            regions(&mem),
-            vec![(0, layout::MMIO_HOLE_START), (layout::HIGH_RAM_START, high)]
-        );
+        assert_eq!(regions(&mem), vec![(0, layout::MMIO_HOLE_START), (layout::HIGH_RAM_START, high)]);
         // Nothing is mapped in the hole; the last byte is where the layout says.
         assert!(!mem.address_in_range(GuestAddress(layout::MMIO_HOLE_START)));
         assert!(!mem.address_in_range(GuestAddress(layout::IOAPIC_ADDR)));
-        assert_eq!(
-            mem.last_addr().raw_value(),
-            layout::HIGH_RAM_START + high - 1
-        );
+        assert_eq!(mem.last_addr().raw_value(), layout::HIGH_RAM_START + high - 1);
     }
 
     #[test]

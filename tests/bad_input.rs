@@ -49,7 +49,8 @@ fn empty_kernel() {
 
 #[test]
 fn kernel_that_is_not_a_kernel() {
-    let k = file_with("random.bin", &(0..8192u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<_>>());
+    let k =
+        file_with("random.bin", &(0..8192u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<_>>());
     fails_with(&["--accel", tcg_or_kvm(), "--kernel", &k], "neither an ELF vmlinux nor a bzImage");
 }
 
@@ -75,7 +76,16 @@ fn initrd_larger_than_memory() {
     let f = std::fs::File::create(&initrd).expect("create initrd");
     f.set_len(200 << 20).expect("size initrd");
     fails_with(
-        &["--accel", tcg_or_kvm(), "--kernel", &kernel.to_string_lossy(), "--initrd", &initrd.to_string_lossy(), "--mem", "128"],
+        &[
+            "--accel",
+            tcg_or_kvm(),
+            "--kernel",
+            &kernel.to_string_lossy(),
+            "--initrd",
+            &initrd.to_string_lossy(),
+            "--mem",
+            "128",
+        ],
         "initrd",
     );
 }

@@ -99,8 +99,8 @@ fn parse_newc(buf: &[u8]) -> Result<HashMap<String, CpioEntry>, String> {
         }
         let (mode, filesize, namesize) = (fields[1], fields[6] as usize, fields[11] as usize);
         let name = buf.get(pos + 110..pos + 110 + namesize).ok_or("truncated name")?;
-        let name = std::str::from_utf8(name.strip_suffix(&[0]).ok_or("name without NUL")?)
-            .map_err(|e| e.to_string())?;
+        let name =
+            std::str::from_utf8(name.strip_suffix(&[0]).ok_or("name without NUL")?).map_err(|e| e.to_string())?;
         pos = align4(pos + 110 + namesize);
         let data = buf.get(pos..pos + filesize).ok_or(format!("truncated data of {name}"))?;
         pos = align4(pos + filesize);
@@ -236,9 +236,7 @@ fn initramfs_has_virtio_modules_in_dependency_order() {
         .map(module_name)
         .collect();
 
-    let order = files
-        .get(&format!("{moddir}/load-order"))
-        .unwrap_or_else(|| panic!("no /{moddir}/load-order"));
+    let order = files.get(&format!("{moddir}/load-order")).unwrap_or_else(|| panic!("no /{moddir}/load-order"));
     let order: Vec<&str> = std::str::from_utf8(&order.data).unwrap().lines().collect();
 
     // Every listed module is a plain (uncompressed) .ko whose dependencies, as
@@ -288,7 +286,19 @@ fn newc_parser_reads_concatenated_archives() {
     fn entry(name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) -> Vec<u8> {
         let mut v = format!(
             "070701{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}",
-            1, mode, 0, 0, 1, 0, data.len(), 0, 0, rdev.0, rdev.1, name.len() + 1, 0
+            1,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len(),
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            name.len() + 1,
+            0
         )
         .into_bytes();
         v.extend_from_slice(name.as_bytes());

@@ -65,10 +65,7 @@ fn in_returns_the_value_vmops_gives() {
     });
     let mut g = boot(&kvm, 1, &code);
     run_to_done(&mut g);
-    assert_eq!(
-        g.ops.pio_writes(SERIAL),
-        vec![vec![0x5a], vec![0x5a, 0x5b, 0x5c, 0x5d]]
-    );
+    assert_eq!(g.ops.pio_writes(SERIAL), vec![vec![0x5a], vec![0x5a, 0x5b, 0x5c, 0x5d]]);
     assert!(g.ops.log().contains(&Access::PioRead(PATTERN_PORT, 4)));
 }
 
@@ -89,21 +86,11 @@ fn string_io_calls_the_ops_once_per_element() {
     let mut g = boot(&kvm, 1, &code);
     g.memory.write_slice(b"xyz", GuestAddress(DATA)).unwrap();
     run_to_done(&mut g);
-    assert_eq!(
-        g.ops.pio_writes(SERIAL),
-        vec![vec![b'x'], vec![b'y'], vec![b'z']]
-    );
-    let reads = g
-        .ops
-        .log()
-        .into_iter()
-        .filter(|a| *a == Access::PioRead(COUNTER_PORT, 2))
-        .count();
+    assert_eq!(g.ops.pio_writes(SERIAL), vec![vec![b'x'], vec![b'y'], vec![b'z']]);
+    let reads = g.ops.log().into_iter().filter(|a| *a == Access::PioRead(COUNTER_PORT, 2)).count();
     assert_eq!(reads, 3, "one 2-byte read per element: {:?}", g.ops.log());
     let mut buf = [0u8; 6];
-    g.memory
-        .read_slice(&mut buf, GuestAddress(DATA + 16))
-        .unwrap();
+    g.memory.read_slice(&mut buf, GuestAddress(DATA + 16)).unwrap();
     assert_eq!(buf, [1, 2, 3, 4, 5, 6]);
 }
 
@@ -170,11 +157,7 @@ fn kick_from_another_thread_stops_a_spinning_guest() {
         assert_eq!(run(g.vcpu.as_mut()), VcpuExit::Kicked, "round {round}");
         t.join().unwrap();
     }
-    assert_eq!(
-        g.ops.pio_writes(SERIAL).len(),
-        1,
-        "the guest ran once up to its loop"
-    );
+    assert_eq!(g.ops.pio_writes(SERIAL).len(), 1, "the guest ran once up to its loop");
     let rip = g.vcpu.cpu_state().unwrap().rip;
     assert!((CODE..CODE + 16).contains(&rip), "spinning at {rip:#x}");
 }
@@ -196,10 +179,7 @@ fn halted_vcpu_waits_in_the_kernel_until_kicked() {
     });
     assert_eq!(run(g.vcpu.as_mut()), VcpuExit::Kicked);
     t.join().unwrap();
-    assert!(
-        g.ops.log().is_empty(),
-        "HLT with IF=0 must not fall through"
-    );
+    assert!(g.ops.log().is_empty(), "HLT with IF=0 must not fall through");
 }
 
 #[test]
@@ -208,10 +188,7 @@ fn cpu_state_round_trips() {
     let g = boot(&kvm, 1, &[0xf4]);
     assert_eq!(g.vcpu.cpu_state().unwrap(), long_mode_state());
     let dump = g.vcpu.dump_state();
-    assert!(
-        dump.contains("RIP=0x0000000000100000") && dump.contains("EFER=0x500"),
-        "{dump}"
-    );
+    assert!(dump.contains("RIP=0x0000000000100000") && dump.contains("EFER=0x500"), "{dump}");
 }
 
 #[test]
@@ -245,12 +222,8 @@ fn guest_sees_normalised_cpuid_and_usable_arch_capabilities() {
     });
     let mut g = boot(&kvm, 1, &code);
     run_to_done(&mut g);
-    let words: Vec<u32> = g
-        .ops
-        .pio_writes(SERIAL)
-        .iter()
-        .map(|d| u32::from_le_bytes(d[..4].try_into().unwrap()))
-        .collect();
+    let words: Vec<u32> =
+        g.ops.pio_writes(SERIAL).iter().map(|d| u32::from_le_bytes(d[..4].try_into().unwrap())).collect();
     println!(
         "guest CPUID.1 EBX={:#x} ECX={:#x}, CPUID.7 EDX={:#x}, rest {:x?}",
         words[0],
@@ -279,11 +252,9 @@ fn ioeventfd_and_irqfd_registration() {
     });
     let mut g = boot(&kvm, 1, &code);
     let event = EventFd::new(EFD_NONBLOCK).unwrap();
-    g.vm.register_ioevent(&event, IoEventAddress::Pio(u64::from(NOTIFY_PORT)), Some(7))
-        .unwrap();
+    g.vm.register_ioevent(&event, IoEventAddress::Pio(u64::from(NOTIFY_PORT)), Some(7)).unwrap();
     let mmio_event = EventFd::new(EFD_NONBLOCK).unwrap();
-    g.vm.register_ioevent(&mmio_event, IoEventAddress::Mmio(MMIO + 0x50), None)
-        .unwrap();
+    g.vm.register_ioevent(&mmio_event, IoEventAddress::Mmio(MMIO + 0x50), None).unwrap();
     run_to_done(&mut g);
     assert_eq!(event.read().unwrap(), 1);
     assert_eq!(g.ops.pio_writes(NOTIFY_PORT), vec![vec![8, 0, 0, 0]]);
@@ -301,10 +272,7 @@ fn two_vcpus_and_the_ap_waits_for_sipi() {
     let ops = Arc::new(Recorder::default());
     let _bsp = vm.create_vcpu(0, ops.clone()).unwrap();
     let mut ap = vm.create_vcpu(1, ops.clone()).unwrap();
-    assert!(
-        vm.create_vcpu(2, ops.clone()).is_err(),
-        "only 2 vCPUs configured"
-    );
+    assert!(vm.create_vcpu(2, ops.clone()).is_err(), "only 2 vCPUs configured");
     assert_eq!(ap.id(), 1);
     // Give the AP runnable-looking state: were it not parked, it would
     // execute the HLT at CODE (and then stay halted) or fault.
@@ -317,11 +285,7 @@ fn two_vcpus_and_the_ap_waits_for_sipi() {
     });
     assert_eq!(run(ap.as_mut()), VcpuExit::Kicked);
     t.join().unwrap();
-    assert_eq!(
-        ap.cpu_state().unwrap().rip,
-        before.rip,
-        "a parked AP runs nothing"
-    );
+    assert_eq!(ap.cpu_state().unwrap().rip, before.rip, "a parked AP runs nothing");
 }
 
 #[test]
@@ -335,9 +299,7 @@ fn probe_agrees_with_kvm_new() {
     assert!(!matches!(host, accel::kvm::KvmHost::Unavailable(_)));
     assert!(kvm.max_vcpus() >= 1);
     let memory = guest_memory(&[0xf4]);
-    let too_many = VmConfig {
-        vcpus: kvm.max_vcpus().saturating_add(1),
-    };
+    let too_many = VmConfig { vcpus: kvm.max_vcpus().saturating_add(1) };
     if kvm.max_vcpus() < u8::MAX {
         assert!(kvm.create_vm(&memory, &too_many).is_err());
     }
@@ -387,28 +349,17 @@ fn irq_line_interrupts_the_guest_through_the_ioapic() {
     let handler = handler.assemble(HANDLER).unwrap();
 
     let mut g = boot(&kvm, 1, &code);
-    g.memory
-        .write_slice(&handler, GuestAddress(HANDLER))
-        .unwrap();
+    g.memory.write_slice(&handler, GuestAddress(HANDLER)).unwrap();
     // 64-bit interrupt gate: selector 0x08, present, DPL 0, type 0xe.
-    let gate_lo =
-        (HANDLER & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | (((HANDLER >> 16) & 0xffff) << 48);
+    let gate_lo = (HANDLER & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | (((HANDLER >> 16) & 0xffff) << 48);
     write_u64(&g.memory, IDT + VECTOR * 16, gate_lo);
     write_u64(&g.memory, IDT + VECTOR * 16 + 8, HANDLER >> 32);
     let mut state = long_mode_state();
-    state.idt = DescriptorTable {
-        base: IDT,
-        limit: (VECTOR * 16 + 15) as u16,
-    };
+    state.idt = DescriptorTable { base: IDT, limit: (VECTOR * 16 + 15) as u16 };
     g.vcpu.set_cpu_state(&state).unwrap();
     let _ = g.ops.irq.set(g.vm.irq_line(GSI).unwrap());
     run_to_done(&mut g);
-    assert_eq!(
-        g.ops.pio_writes(SERIAL),
-        vec![vec![b'I']],
-        "{:?}",
-        g.ops.log()
-    );
+    assert_eq!(g.ops.pio_writes(SERIAL), vec![vec![b'I']], "{:?}", g.ops.log());
 }
 
 #[test]

@@ -478,3 +478,101 @@ fn undecodable_and_unimplemented_instructions_raise_ud() {
         assert_eq!(g.vcpu.cpu_state().unwrap().rip, CODE);
     }
 }
+
+#[test]
+fn sse2_dot_product_strlen_and_memcpy() {
+    const A: u64 = DATA;
+    const B: u64 = DATA + 0x40;
+    const TEXT: u64 = DATA + 0x103; // unaligned on purpose
+    const COPY: u64 = DATA + 0x200;
+    let text = b"The quick brown fox jumps over the lazy dog, twice over: SSE2 strlen!";
+    let code = assemble(|a| {
+        // CR4.OSFXSR | OSXMMEXCPT: SSE enabled by the "OS".
+        a.mov(rax, cr4)?;
+        a.or(eax, 0x600)?;
+        a.mov(cr4, rax)?;
+        a.mov(edx, u32::from(SERIAL))?;
+        // Dot product of two 16-float vectors, four lanes at a time.
+        let mut dot = a.create_label();
+        a.xorps(xmm0, xmm0)?;
+        a.xor(ecx, ecx)?;
+        a.set_label(&mut dot)?;
+        a.movaps(xmm1, xmmword_ptr(rcx + A as i32))?;
+        a.mulps(xmm1, xmmword_ptr(rcx + B as i32))?;
+        a.addps(xmm0, xmm1)?;
+        a.add(ecx, 16)?;
+        a.cmp(ecx, 64)?;
+        a.jne(dot)?;
+        a.movhlps(xmm1, xmm0)?;
+        a.addps(xmm0, xmm1)?;
+        a.movaps(xmm1, xmm0)?;
+        a.shufps(xmm1, xmm1, 0x55)?;
+        a.addss(xmm0, xmm1)?;
+        a.movd(eax, xmm0)?;
+        a.out(dx, eax)?;
+        // strlen with PCMPEQB + PMOVMSKB + BSF.
+        let (mut scan, mut found) = (a.create_label(), a.create_label());
+        a.mov(rdi, TEXT)?;
+        a.pxor(xmm2, xmm2)?;
+        a.set_label(&mut scan)?;
+        a.movdqu(xmm3, xmmword_ptr(rdi))?;
+        a.pcmpeqb(xmm3, xmm2)?;
+        a.pmovmskb(eax, xmm3)?;
+        a.test(eax, eax)?;
+        a.jnz(found)?;
+        a.add(rdi, 16)?;
+        a.jmp(scan)?;
+        a.set_label(&mut found)?;
+        a.bsf(eax, eax)?;
+        a.add(rax, rdi)?;
+        a.mov(rsi, TEXT)?;
+        a.sub(rax, rsi)?;
+        a.out(dx, eax)?;
+        // memcpy of the string (rounded up to 16-byte chunks).
+        let mut copy = a.create_label();
+        a.mov(rcx, rax)?;
+        a.add(rcx, 15)?;
+        a.shr(rcx, 4)?;
+        a.mov(rdi, COPY)?;
+        a.set_label(&mut copy)?;
+        a.movdqu(xmm4, xmmword_ptr(rsi))?;
+        a.movdqa(xmmword_ptr(rdi), xmm4)?;
+        a.add(rsi, 16)?;
+        a.add(rdi, 16)?;
+        a.dec(rcx)?;
+        a.jnz(copy)?;
+        // Doubles and conversions: round(sqrt(2) * 1e6), and UCOMISD flags.
+        a.mov(eax, 2u32)?;
+        a.cvtsi2sd(xmm5, eax)?;
+        a.sqrtsd(xmm5, xmm5)?;
+        a.mov(eax, 1_000_000u32)?;
+        a.cvtsi2sd(xmm6, eax)?;
+        a.mulsd(xmm5, xmm6)?;
+        a.cvtsd2si(eax, xmm5)?;
+        a.out(dx, eax)?;
+        a.ucomisd(xmm5, xmm6)?;
+        a.seta(al)?;
+        a.movzx(eax, al)?;
+        a.out(dx, eax)
+    });
+    let mut g = boot(&Tcg, 1, &code);
+    let a: Vec<f32> = (0..16).map(|i| i as f32 * 0.75 + 0.1).collect();
+    let b: Vec<f32> = (0..16).map(|i| 1.0 / (i as f32 + 3.0)).collect();
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    g.memory.write_slice(&bytes(&a), GuestAddress(A)).unwrap();
+    g.memory.write_slice(&bytes(&b), GuestAddress(B)).unwrap();
+    g.memory.write_slice(text, GuestAddress(TEXT)).unwrap();
+    run_to_done(&mut g);
+    // The same operation order in f32: per-lane sums, then the horizontal add.
+    let mut acc = [0f32; 4];
+    for i in 0..16 {
+        acc[i % 4] += a[i] * b[i];
+    }
+    let dot = (acc[0] + acc[2]) + (acc[1] + acc[3]);
+    let root = (2f64.sqrt() * 1e6).round() as u32;
+    assert_eq!(serial_words(&g), vec![dot.to_bits(), text.len() as u32, root, 1], "\n{}", g.vcpu.dump_state());
+    let mut copy = vec![0u8; text.len() + 1];
+    g.memory.read_slice(&mut copy, GuestAddress(COPY)).unwrap();
+    assert_eq!(&copy[..text.len()], text);
+    assert_eq!(copy[text.len()], 0);
+}

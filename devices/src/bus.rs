@@ -44,23 +44,12 @@ impl IoBus {
     }
 
     /// Attaches `device` at `[base, base + len)`.
-    pub fn insert(
-        &mut self,
-        base: u64,
-        len: u64,
-        device: Arc<dyn BusDevice>,
-    ) -> Result<(), BusError> {
+    pub fn insert(&mut self, base: u64, len: u64, device: Arc<dyn BusDevice>) -> Result<(), BusError> {
         if len == 0 {
             return Err(BusError::ZeroLength(base));
         }
-        let end = base
-            .checked_add(len - 1)
-            .ok_or(BusError::Overlap { base, len })?;
-        let overlaps_prev = self
-            .ranges
-            .range(..=end)
-            .next_back()
-            .is_some_and(|(b, r)| b + (r.len - 1) >= base);
+        let end = base.checked_add(len - 1).ok_or(BusError::Overlap { base, len })?;
+        let overlaps_prev = self.ranges.range(..=end).next_back().is_some_and(|(b, r)| b + (r.len - 1) >= base);
         if overlaps_prev {
             return Err(BusError::Overlap { base, len });
         }
@@ -131,19 +120,11 @@ mod tests {
     #[test]
     fn rejects_overlaps() {
         let mut bus = IoBus::new();
-        bus.insert(0x100, 0x10, Arc::new(Recorder::default()))
-            .unwrap();
+        bus.insert(0x100, 0x10, Arc::new(Recorder::default())).unwrap();
         assert!(bus.insert(0x10f, 1, Arc::new(Recorder::default())).is_err());
-        assert!(bus
-            .insert(0xf8, 0x9, Arc::new(Recorder::default()))
-            .is_err());
+        assert!(bus.insert(0xf8, 0x9, Arc::new(Recorder::default())).is_err());
         assert!(bus.insert(0x110, 1, Arc::new(Recorder::default())).is_ok());
-        assert!(bus
-            .insert(0xf0, 0x10, Arc::new(Recorder::default()))
-            .is_ok());
-        assert_eq!(
-            bus.insert(0, 0, Arc::new(Recorder::default())),
-            Err(BusError::ZeroLength(0))
-        );
+        assert!(bus.insert(0xf0, 0x10, Arc::new(Recorder::default())).is_ok());
+        assert_eq!(bus.insert(0, 0, Arc::new(Recorder::default())), Err(BusError::ZeroLength(0)));
     }
 }

@@ -29,10 +29,7 @@ pub struct VmExitSignal {
 
 impl VmExitSignal {
     pub fn new() -> std::io::Result<Self> {
-        Ok(Self {
-            reason: Mutex::new(None),
-            event: EventFd::new(libc::EFD_NONBLOCK)?,
-        })
+        Ok(Self { reason: Mutex::new(None), event: EventFd::new(libc::EFD_NONBLOCK)? })
     }
 
     /// Records `reason` unless one was recorded before, and wakes the main loop.
@@ -50,10 +47,7 @@ impl VmExitSignal {
 
     /// The recorded reason, if any.
     pub fn reason(&self) -> Option<ExitReason> {
-        self.reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The eventfd that becomes readable once an exit is requested.

@@ -15,9 +15,8 @@ use iced_x86::code_asm::{CodeAssembler, CodeLabel};
 use iced_x86::{Code, Instruction};
 
 use super::image::{
-    addr, assemble, main_range, sel, Built, CodeRange, Image, AP_STACKS_OFF, AP_STACK_SIZE,
-    CODE16_MAX, CODE16_OFF, CODE16_SLOT, CODE32_MAX, CODE32_OFF, LOAD_ADDR, MAIN_MAX, MAIN_OFF,
-    MAX_APS, TRAMP_GDTR_OFF, VARS_OFF,
+    addr, assemble, main_range, sel, Built, CodeRange, Image, AP_STACKS_OFF, AP_STACK_SIZE, CODE16_MAX, CODE16_OFF,
+    CODE16_SLOT, CODE32_MAX, CODE32_OFF, LOAD_ADDR, MAIN_MAX, MAIN_OFF, MAX_APS, TRAMP_GDTR_OFF, VARS_OFF,
 };
 use super::rt::Rt;
 use super::simple::prologue;
@@ -121,12 +120,8 @@ pub(super) fn apic_id() -> Result<Built, GuestError> {
     }
 
     // Wait until the MADT's count has checked in (any number if unknown).
-    let (mut outer, mut inner, mut same, mut done) = (
-        a.create_label(),
-        a.create_label(),
-        a.create_label(),
-        a.create_label(),
-    );
+    let (mut outer, mut inner, mut same, mut done) =
+        (a.create_label(), a.create_label(), a.create_label(), a.create_label());
     let mut unknown = a.create_label();
     a.mov(r13d, u32::MAX)?;
     a.test(r14d, r14d)?;
@@ -217,18 +212,8 @@ pub(super) fn apic_id() -> Result<Built, GuestError> {
         pvh_entry: None,
         code: vec![
             main_range(main.label_ip(&data_start)?),
-            CodeRange {
-                ip: addr(CODE32_OFF),
-                len: code32.len(),
-                bitness: 32,
-                off: CODE32_OFF,
-            },
-            CodeRange {
-                ip: 0,
-                len: code16.len(),
-                bitness: 16,
-                off: CODE16_OFF,
-            },
+            CodeRange { ip: addr(CODE32_OFF), len: code32.len(), bitness: 32, off: CODE32_OFF },
+            CodeRange { ip: 0, len: code16.len(), bitness: 16, off: CODE16_OFF },
         ],
     })
 }
@@ -281,15 +266,9 @@ fn read_rtc_seconds(a: &mut CodeAssembler) -> Result<(), GuestError> {
 fn emit_count_cpus(a: &mut CodeAssembler, entry: &mut CodeLabel) -> Result<(), GuestError> {
     use iced_x86::code_asm::*;
     let mut done = a.create_label();
-    let (mut use_rsdt, mut have_sdt, mut next_table, mut narrow, mut got) = (
-        a.create_label(),
-        a.create_label(),
-        a.create_label(),
-        a.create_label(),
-        a.create_label(),
-    );
-    let (mut next_entry, mut not_lapic, mut advance) =
-        (a.create_label(), a.create_label(), a.create_label());
+    let (mut use_rsdt, mut have_sdt, mut next_table, mut narrow, mut got) =
+        (a.create_label(), a.create_label(), a.create_label(), a.create_label(), a.create_label());
+    let (mut next_entry, mut not_lapic, mut advance) = (a.create_label(), a.create_label(), a.create_label());
 
     a.set_label(entry)?;
     a.xor(r8d, r8d)?;
@@ -383,11 +362,7 @@ fn ap_protected_mode(ap64: u64) -> Result<Vec<u8>, GuestError> {
     a.mov(eax, CR0_LONG)?;
     a.mov(cr0, eax)?;
     let ap64 = u32::try_from(ap64).map_err(|_| GuestError::AddressTooHigh(ap64))?;
-    a.add_instruction(Instruction::with_far_branch(
-        Code::Jmp_ptr1632,
-        sel::KCODE64 as u16,
-        ap64,
-    )?)?;
+    a.add_instruction(Instruction::with_far_branch(Code::Jmp_ptr1632, sel::KCODE64 as u16, ap64)?)?;
     Ok(assemble(&mut a, addr(CODE32_OFF))?.inner.code_buffer)
 }
 
@@ -405,10 +380,6 @@ fn ap_trampoline() -> Result<Vec<u8>, GuestError> {
     a.mov(cr0, eax)?;
     let target = addr(CODE32_OFF);
     let target = u32::try_from(target).map_err(|_| GuestError::AddressTooHigh(target))?;
-    a.add_instruction(Instruction::with_far_branch(
-        Code::Jmp_ptr1632,
-        sel::KCODE32 as u16,
-        target,
-    )?)?;
+    a.add_instruction(Instruction::with_far_branch(Code::Jmp_ptr1632, sel::KCODE32 as u16, target)?)?;
     Ok(assemble(&mut a, 0)?.inner.code_buffer)
 }

@@ -10,9 +10,8 @@ use iced_x86::code_asm::{CodeAssembler, CodeLabel};
 use iced_x86::{Code, Instruction};
 
 use super::image::{
-    addr, assemble, main_range, sel, Built, CodeRange, Image, CODE32_MAX, CODE32_OFF, GDTR_ADDR,
-    IDTR_ADDR, KSTACK_TOP_OFF, LOAD_ADDR, MAIN_MAX, MAIN_OFF, PML4_ADDR, STATE_OFF, UBUF_LEN,
-    UBUF_OFF, USTACK_TOP_OFF,
+    addr, assemble, main_range, sel, Built, CodeRange, Image, CODE32_MAX, CODE32_OFF, GDTR_ADDR, IDTR_ADDR,
+    KSTACK_TOP_OFF, LOAD_ADDR, MAIN_MAX, MAIN_OFF, PML4_ADDR, STATE_OFF, UBUF_LEN, UBUF_OFF, USTACK_TOP_OFF,
 };
 use super::rt::Rt;
 use super::{GuestError, BOOT_REPORT_PREFIX};
@@ -105,14 +104,9 @@ pub(super) fn boot_report() -> Result<Built, GuestError> {
     let p = BOOT_REPORT_PREFIX;
     let mut a = CodeAssembler::new(64)?;
     let mut rt = Rt::new(&mut a);
-    let (mut pvh64, mut common, mut is_pvh, mut report) = (
-        a.create_label(),
-        a.create_label(),
-        a.create_label(),
-        a.create_label(),
-    );
-    let (mut int80, mut exc_common, mut user) =
-        (a.create_label(), a.create_label(), a.create_label());
+    let (mut pvh64, mut common, mut is_pvh, mut report) =
+        (a.create_label(), a.create_label(), a.create_label(), a.create_label());
+    let (mut int80, mut exc_common, mut user) = (a.create_label(), a.create_label(), a.create_label());
     let mut exc_stubs: Vec<CodeLabel> = (0..EXCEPTIONS).map(|_| a.create_label()).collect();
 
     // Linux 64-bit entry: record the state before changing any of it.
@@ -171,8 +165,7 @@ pub(super) fn boot_report() -> Result<Built, GuestError> {
         a.mov(rax, qword_ptr(slot))?;
         rt.print_hex_line(&mut a, &format!("{p}{name}="))?;
     }
-    let (mut clamped, mut e820_next, mut e820_done) =
-        (a.create_label(), a.create_label(), a.create_label());
+    let (mut clamped, mut e820_next, mut e820_done) = (a.create_label(), a.create_label(), a.create_label());
     a.cmp(r13d, MAX_E820)?;
     a.jbe(clamped)?;
     a.mov(r13d, MAX_E820)?;
@@ -196,12 +189,8 @@ pub(super) fn boot_report() -> Result<Built, GuestError> {
     a.set_label(&mut e820_done)?;
 
     // RSDP address, then its signature as characters (non-printables as '.').
-    let (mut no_sig, mut sig_next, mut dot, mut put) = (
-        a.create_label(),
-        a.create_label(),
-        a.create_label(),
-        a.create_label(),
-    );
+    let (mut no_sig, mut sig_next, mut dot, mut put) =
+        (a.create_label(), a.create_label(), a.create_label(), a.create_label());
     a.mov(rax, r15)?;
     rt.print_hex_line(&mut a, &format!("{p}rsdp="))?;
     a.test(r15, r15)?;
@@ -307,17 +296,10 @@ pub(super) fn boot_report() -> Result<Built, GuestError> {
     Ok(Built {
         image,
         entry: LOAD_ADDR,
-        pvh_entry: Some(
-            u32::try_from(pvh_entry).map_err(|_| GuestError::AddressTooHigh(pvh_entry))?,
-        ),
+        pvh_entry: Some(u32::try_from(pvh_entry).map_err(|_| GuestError::AddressTooHigh(pvh_entry))?),
         code: vec![
             main_range(main.label_ip(&data_start)?),
-            CodeRange {
-                ip: pvh_entry,
-                len: code32.len(),
-                bitness: 32,
-                off: CODE32_OFF,
-            },
+            CodeRange { ip: pvh_entry, len: code32.len(), bitness: 32, off: CODE32_OFF },
         ],
     })
 }
@@ -331,12 +313,8 @@ fn has_error_code(vector: usize) -> bool {
 /// The CPL3 computation (see [`user_result`]), ending in `int 0x80`.
 fn emit_user_code(a: &mut CodeAssembler, entry: &mut CodeLabel) -> Result<(), GuestError> {
     use iced_x86::code_asm::*;
-    let (mut squares, mut fill, mut hash, mut stuck) = (
-        a.create_label(),
-        a.create_label(),
-        a.create_label(),
-        a.create_label(),
-    );
+    let (mut squares, mut fill, mut hash, mut stuck) =
+        (a.create_label(), a.create_label(), a.create_label(), a.create_label());
     a.set_label(entry)?;
     a.xor(eax, eax)?;
     a.mov(ecx, 1)?;
@@ -390,12 +368,11 @@ fn pvh_stub(pvh64: u64) -> Result<Vec<u8>, GuestError> {
     let mut a = CodeAssembler::new(32)?;
     a.cli()?;
     // 32-bit stores: low half, then zero the high half.
-    let store =
-        |a: &mut CodeAssembler, slot: u64, value: AsmRegister32| -> Result<(), GuestError> {
-            a.mov(dword_ptr(slot), value)?;
-            a.mov(dword_ptr(slot + 4), 0)?;
-            Ok(())
-        };
+    let store = |a: &mut CodeAssembler, slot: u64, value: AsmRegister32| -> Result<(), GuestError> {
+        a.mov(dword_ptr(slot), value)?;
+        a.mov(dword_ptr(slot + 4), 0)?;
+        Ok(())
+    };
     a.mov(eax, 1)?;
     store(&mut a, S_KIND, eax)?;
     for (cr, slot) in [(cr0, S_CR0), (cr3, S_CR3), (cr4, S_CR4)] {
@@ -432,10 +409,6 @@ fn pvh_stub(pvh64: u64) -> Result<Vec<u8>, GuestError> {
     a.or(eax, CR0_PG as i32)?;
     a.mov(cr0, eax)?;
     let target = u32::try_from(pvh64).map_err(|_| GuestError::AddressTooHigh(pvh64))?;
-    a.add_instruction(Instruction::with_far_branch(
-        Code::Jmp_ptr1632,
-        sel::KCODE64 as u16,
-        target,
-    )?)?;
+    a.add_instruction(Instruction::with_far_branch(Code::Jmp_ptr1632, sel::KCODE64 as u16, target)?)?;
     Ok(assemble(&mut a, addr(CODE32_OFF))?.inner.code_buffer)
 }

@@ -49,15 +49,7 @@ pub fn elf64_image(load_addr: u64, code: &[u8], entry: u64, pvh_entry: Option<u3
     let len = code.len() as u64;
     push_phdr(&mut out, PT_LOAD, PF_RWX, code_off, load_addr, len, PAGE);
     if pvh_entry.is_some() {
-        push_phdr(
-            &mut out,
-            PT_NOTE,
-            0x4,
-            note_off as u64,
-            0,
-            PVH_NOTE_SIZE as u64,
-            4,
-        );
+        push_phdr(&mut out, PT_NOTE, 0x4, note_off as u64, 0, PVH_NOTE_SIZE as u64, 4);
     }
     if let Some(pvh) = pvh_entry {
         out.extend_from_slice(&(XEN_NOTE_NAME.len() as u32).to_le_bytes());
@@ -71,15 +63,7 @@ pub fn elf64_image(load_addr: u64, code: &[u8], entry: u64, pvh_entry: Option<u3
     out
 }
 
-fn push_phdr(
-    out: &mut Vec<u8>,
-    p_type: u32,
-    flags: u32,
-    offset: u64,
-    addr: u64,
-    size: u64,
-    align: u64,
-) {
+fn push_phdr(out: &mut Vec<u8>, p_type: u32, flags: u32, offset: u64, addr: u64, size: u64, align: u64) {
     out.extend_from_slice(&p_type.to_le_bytes());
     out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&offset.to_le_bytes());
@@ -100,13 +84,7 @@ mod tests {
 
     fn load(image: &[u8]) -> (linux_loader::loader::KernelLoaderResult, GuestMemoryMmap) {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
-        let result = Elf::load(
-            &mem,
-            None,
-            &mut Cursor::new(image),
-            Some(GuestAddress(0x10_0000)),
-        )
-        .unwrap();
+        let result = Elf::load(&mem, None, &mut Cursor::new(image), Some(GuestAddress(0x10_0000))).unwrap();
         (result, mem)
     }
 
@@ -117,10 +95,7 @@ mod tests {
         let (result, mem) = load(&image);
         assert_eq!(result.kernel_load, GuestAddress(0x20_0010));
         assert_eq!(result.kernel_end, 0x20_0000 + 5000);
-        assert_ne!(
-            result.pvh_boot_cap,
-            PvhBootCapability::PvhEntryPresent(GuestAddress(0x20_0000))
-        );
+        assert_ne!(result.pvh_boot_cap, PvhBootCapability::PvhEntryPresent(GuestAddress(0x20_0000)));
         let mut back = vec![0u8; code.len()];
         mem.read_slice(&mut back, GuestAddress(0x20_0000)).unwrap();
         assert_eq!(back, code);
@@ -131,10 +106,7 @@ mod tests {
         let image = elf64_image(0x20_0000, &[0xf4; 64], 0x20_0000, Some(0x20_0020));
         let (result, _) = load(&image);
         assert_eq!(result.kernel_load, GuestAddress(0x20_0000));
-        assert_eq!(
-            result.pvh_boot_cap,
-            PvhBootCapability::PvhEntryPresent(GuestAddress(0x20_0020))
-        );
+        assert_eq!(result.pvh_boot_cap, PvhBootCapability::PvhEntryPresent(GuestAddress(0x20_0020)));
     }
 
     #[test]
@@ -143,9 +115,6 @@ mod tests {
         let p_offset = u64::from_le_bytes(image[EHDR_SIZE + 8..EHDR_SIZE + 16].try_into().unwrap());
         assert_eq!(p_offset % PAGE, 0x123);
         let (_, mem) = load(&image);
-        assert_eq!(
-            mem.read_obj::<[u8; 3]>(GuestAddress(0x20_0123)).unwrap(),
-            [1, 2, 3]
-        );
+        assert_eq!(mem.read_obj::<[u8; 3]>(GuestAddress(0x20_0123)).unwrap(), [1, 2, 3]);
     }
 }

@@ -64,8 +64,7 @@ const IMAGE_SIZE: usize = AP_STACKS_OFF + MAX_APS * AP_STACK_SIZE;
 const _: () = assert!(MAIN_OFF + MAIN_MAX <= CODE32_OFF && CODE32_OFF + CODE32_MAX <= CODE16_OFF);
 const _: () = assert!(CODE16_MAX <= TRAMP_GDTR_OFF && CODE16_OFF + CODE16_SLOT <= GDT_OFF);
 const _: () = assert!(GDT_OFF + GDT_BYTES <= GDTR_OFF && TSS_OFF + TSS_LEN <= STATE_OFF);
-const _: () =
-    assert!(IDT_OFF + IDT_ENTRIES * 16 <= PML4_OFF && PD_OFF + 0x1000 <= KSTACK_TOP_OFF - 0x2000);
+const _: () = assert!(IDT_OFF + IDT_ENTRIES * 16 <= PML4_OFF && PD_OFF + 0x1000 <= KSTACK_TOP_OFF - 0x2000);
 
 /// Guest address of an image offset.
 pub(super) const fn addr(off: usize) -> u64 {
@@ -111,34 +110,23 @@ pub(super) struct Image {
 
 impl Image {
     pub fn new() -> Self {
-        let mut image = Image {
-            bytes: vec![0; IMAGE_SIZE],
-        };
+        let mut image = Image { bytes: vec![0; IMAGE_SIZE] };
         for (i, desc) in GDT.iter().enumerate() {
             image.put(GDT_OFF + i * 8, &desc.to_le_bytes());
         }
         image.put(GDT_OFF + sel::TSS as usize, &tss_descriptor(addr(TSS_OFF)));
         image.put(GDT_OFF + sel::KCODE32 as usize, &GDT_CODE32.to_le_bytes());
         image.put(GDTR_OFF, &pseudo_descriptor(GDT_BYTES, addr(GDT_OFF)));
-        image.put(
-            IDTR_OFF,
-            &pseudo_descriptor(IDT_ENTRIES * 16, addr(IDT_OFF)),
-        );
+        image.put(IDTR_OFF, &pseudo_descriptor(IDT_ENTRIES * 16, addr(IDT_OFF)));
         // Real mode reaches only its own segment: the trampoline carries a GDTR copy.
-        image.put(
-            CODE16_OFF + TRAMP_GDTR_OFF,
-            &pseudo_descriptor(GDT_BYTES, addr(GDT_OFF))[..6],
-        );
+        image.put(CODE16_OFF + TRAMP_GDTR_OFF, &pseudo_descriptor(GDT_BYTES, addr(GDT_OFF))[..6]);
         // 64-bit TSS: RSP0 at 4; the I/O bitmap offset at 102 points past the end (no bitmap).
         image.put(TSS_OFF + 4, &addr(KSTACK_TOP_OFF).to_le_bytes());
         image.put(TSS_OFF + 102, &(TSS_LEN as u16).to_le_bytes());
         image.put(PML4_OFF, &(addr(PDPT_OFF) | PTE_PWU).to_le_bytes());
         image.put(PDPT_OFF, &(addr(PD_OFF) | PTE_PWU).to_le_bytes());
         for i in 0..512u64 {
-            image.put(
-                PD_OFF + i as usize * 8,
-                &((i << 21) | PTE_PS | PTE_PWU).to_le_bytes(),
-            );
+            image.put(PD_OFF + i as usize * 8, &((i << 21) | PTE_PS | PTE_PWU).to_le_bytes());
         }
         image
     }
@@ -148,19 +136,9 @@ impl Image {
     }
 
     /// Copies assembled code into its slot.
-    pub fn place(
-        &mut self,
-        what: &'static str,
-        off: usize,
-        max: usize,
-        code: &[u8],
-    ) -> Result<(), GuestError> {
+    pub fn place(&mut self, what: &'static str, off: usize, max: usize, code: &[u8]) -> Result<(), GuestError> {
         if code.len() > max {
-            return Err(GuestError::TooLarge {
-                what,
-                size: code.len(),
-                max,
-            });
+            return Err(GuestError::TooLarge { what, size: code.len(), max });
         }
         self.put(off, code);
         Ok(())
@@ -239,28 +217,14 @@ pub(super) struct Built {
 
 impl Built {
     /// A guest whose only code is the 64-bit main slot, entered at `entry`.
-    pub fn main_only(
-        main: &CodeAssemblerResult,
-        data_start: u64,
-        entry: u64,
-    ) -> Result<Self, GuestError> {
+    pub fn main_only(main: &CodeAssemblerResult, data_start: u64, entry: u64) -> Result<Self, GuestError> {
         let mut image = Image::new();
         image.place("64-bit code", MAIN_OFF, MAIN_MAX, &main.inner.code_buffer)?;
-        Ok(Built {
-            image,
-            entry,
-            pvh_entry: None,
-            code: vec![main_range(data_start)],
-        })
+        Ok(Built { image, entry, pvh_entry: None, code: vec![main_range(data_start)] })
     }
 }
 
 /// The 64-bit code range: from the load address to the runtime's data.
 pub(super) fn main_range(data_start: u64) -> CodeRange {
-    CodeRange {
-        ip: LOAD_ADDR,
-        len: (data_start - LOAD_ADDR) as usize,
-        bitness: 64,
-        off: MAIN_OFF,
-    }
+    CodeRange { ip: LOAD_ADDR, len: (data_start - LOAD_ADDR) as usize, bitness: 64, off: MAIN_OFF }
 }

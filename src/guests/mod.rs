@@ -73,11 +73,7 @@ pub enum GuestError {
     Assemble(#[from] IcedError),
     /// A piece of code outgrew its slot in the image layout.
     #[error("{what} is {size:#x} bytes, its slot holds {max:#x}")]
-    TooLarge {
-        what: &'static str,
-        size: usize,
-        max: usize,
-    },
+    TooLarge { what: &'static str, size: usize, max: usize },
     /// A far-jump target does not fit in 32 bits.
     #[error("address {0:#x} is not reachable from 32-bit code")]
     AddressTooHigh(u64),

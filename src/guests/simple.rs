@@ -7,9 +7,8 @@ use iced_x86::code_asm::CodeAssembler;
 use super::image::{addr, assemble, Built, KSTACK_TOP_OFF, LOAD_ADDR};
 use super::rt::Rt;
 use super::{
-    GuestError, BENCH_DONE_LINE, BENCH_ITERATIONS, BENCH_MMIO_ADDR, BENCH_PORT, BENCH_START_LINE,
-    BOOT_MARKER, HELLO_LINE, POWEROFF_LINE, TRIPLE_FAULT_LINE, UNMAPPED_MMIO_ADDR,
-    UNMAPPED_MMIO_PREFIX,
+    GuestError, BENCH_DONE_LINE, BENCH_ITERATIONS, BENCH_MMIO_ADDR, BENCH_PORT, BENCH_START_LINE, BOOT_MARKER,
+    HELLO_LINE, POWEROFF_LINE, TRIPLE_FAULT_LINE, UNMAPPED_MMIO_ADDR, UNMAPPED_MMIO_PREFIX,
 };
 use crate::layout::BOOT_TIMER_ADDR;
 
@@ -22,9 +21,7 @@ pub(super) fn prologue(a: &mut CodeAssembler) -> Result<(), GuestError> {
 }
 
 /// Assembles a guest whose entry is the first instruction of `body`.
-fn single(
-    body: impl FnOnce(&mut CodeAssembler, &mut Rt) -> Result<(), GuestError>,
-) -> Result<Built, GuestError> {
+fn single(body: impl FnOnce(&mut CodeAssembler, &mut Rt) -> Result<(), GuestError>) -> Result<Built, GuestError> {
     let mut a = CodeAssembler::new(64)?;
     let mut rt = Rt::new(&mut a);
     prologue(&mut a)?;

@@ -1,8 +1,6 @@
 //! The Linux boot protocol's `boot_params` ("zero page").
 
-use linux_loader::bootparam::{
-    boot_e820_entry, boot_params, setup_header, E820_MAX_ENTRIES_ZEROPAGE,
-};
+use linux_loader::bootparam::{boot_e820_entry, boot_params, setup_header, E820_MAX_ENTRIES_ZEROPAGE};
 use linux_loader::configurator::{linux::LinuxBootConfigurator, BootConfigurator, BootParams};
 use log::warn;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -53,18 +51,11 @@ impl ZeroPage<'_> {
         params.acpi_rsdp_addr = self.rsdp_addr.unwrap_or(0);
 
         if self.e820.len() > E820_MAX_ENTRIES_ZEROPAGE {
-            warn!(
-                "e820 map has {} entries, the zero page holds {E820_MAX_ENTRIES_ZEROPAGE}",
-                self.e820.len()
-            );
+            warn!("e820 map has {} entries, the zero page holds {E820_MAX_ENTRIES_ZEROPAGE}", self.e820.len());
         }
         let mut count = 0u8;
         for (slot, entry) in params.e820_table.iter_mut().zip(self.e820) {
-            *slot = boot_e820_entry {
-                addr: entry.addr,
-                size: entry.size,
-                r#type: entry.type_,
-            };
+            *slot = boot_e820_entry { addr: entry.addr, size: entry.size, r#type: entry.type_ };
             count += 1;
         }
         params.e820_entries = count;
@@ -74,7 +65,6 @@ impl ZeroPage<'_> {
     /// Writes the zero page at `ZERO_PAGE_START`.
     pub fn write(&self, mem: &GuestMemoryMmap) -> Result<(), LoadError> {
         let params = BootParams::new(&self.build(), GuestAddress(layout::ZERO_PAGE_START));
-        LinuxBootConfigurator::write_bootparams(&params, mem)
-            .map_err(|source| LoadError::BootParams { source })
+        LinuxBootConfigurator::write_bootparams(&params, mem).map_err(|source| LoadError::BootParams { source })
     }
 }

@@ -44,10 +44,7 @@ fn decompression_end(hdr: &setup_header) -> Option<u64> {
     }
     let start = if hdr.relocatable_kernel != 0 {
         let align = u64::from(hdr.kernel_alignment).max(1);
-        layout::HIMEM_START
-            .div_ceil(align)
-            .checked_mul(align)?
-            .max(pref_address)
+        layout::HIMEM_START.div_ceil(align).checked_mul(align)?.max(pref_address)
     } else {
         pref_address
     };
@@ -68,21 +65,13 @@ pub(super) fn load(
     file_len: u64,
     low_ram_end: u64,
 ) -> Result<LoadedKernel, LoadError> {
-    let truncated = |what: String| LoadError::Truncated {
-        path: path.to_owned(),
-        what,
-    };
-    let unsupported = |reason: String| LoadError::UnsupportedBzImage {
-        path: path.to_owned(),
-        reason,
-    };
+    let truncated = |what: String| LoadError::Truncated { path: path.to_owned(), what };
+    let unsupported = |reason: String| LoadError::UnsupportedBzImage { path: path.to_owned(), reason };
 
     let mut hdr = setup_header::default();
-    let raw = head.get(SETUP_HEADER_OFFSET..HEAD_LEN).ok_or_else(|| {
-        truncated(format!(
-            "the setup header ends at {HEAD_LEN:#x}, the file at {file_len:#x}"
-        ))
-    })?;
+    let raw = head
+        .get(SETUP_HEADER_OFFSET..HEAD_LEN)
+        .ok_or_else(|| truncated(format!("the setup header ends at {HEAD_LEN:#x}, the file at {file_len:#x}")))?;
     hdr.as_mut_slice().copy_from_slice(raw);
     // Copies: the header is packed, its fields can't be borrowed.
     let (version, xloadflags, loadflags) = (hdr.version, hdr.xloadflags, hdr.loadflags);
@@ -101,9 +90,7 @@ pub(super) fn load(
         )));
     }
     if loadflags & LOADED_HIGH == 0 {
-        return Err(unsupported(
-            "loadflags lacks LOADED_HIGH: not a bzImage (a zImage?)".into(),
-        ));
+        return Err(unsupported("loadflags lacks LOADED_HIGH: not a bzImage (a zImage?)".into()));
     }
 
     // setup_sects == 0 means 4, for compatibility with ancient kernels.
@@ -129,20 +116,12 @@ pub(super) fn load(
     // Unrepresentable footprints (absurd header values) can't fit either.
     let needed = image_end.max(decompression_end(&hdr).unwrap_or(u64::MAX));
     if needed > low_ram_end {
-        return Err(LoadError::KernelTooLarge {
-            path: path.to_owned(),
-            needed,
-            available: low_ram_end,
-        });
+        return Err(LoadError::KernelTooLarge { path: path.to_owned(), needed, available: low_ram_end });
     }
 
     // No high-memory check: the load address is ours, not `code32_start`.
-    let result = BzImage::load(mem, Some(GuestAddress(layout::HIMEM_START)), file, None).map_err(
-        |source| LoadError::Loader {
-            path: path.to_owned(),
-            source,
-        },
-    )?;
+    let result = BzImage::load(mem, Some(GuestAddress(layout::HIMEM_START)), file, None)
+        .map_err(|source| LoadError::Loader { path: path.to_owned(), source })?;
     debug!(
         "bzImage {}: protocol {version:#x}, setup {setup_len:#x} bytes, kernel {payload_len:#x} bytes, needs RAM up to {needed:#x}",
         path.display()

@@ -18,11 +18,7 @@ pub struct E820Entry {
 
 impl E820Entry {
     fn new(start: u64, end: u64, type_: u32) -> Self {
-        E820Entry {
-            addr: start,
-            size: end - start,
-            type_,
-        }
+        E820Entry { addr: start, size: end - start, type_ }
     }
 }
 
@@ -41,16 +37,8 @@ pub fn e820_map(ram: &[(u64, u64)]) -> Vec<E820Entry> {
         }
         map.push(E820Entry::new(0, end.min(layout::EBDA_START), E820_RAM));
         // Listed even when RAM is short: the firmware areas exist regardless.
-        map.push(E820Entry::new(
-            layout::EBDA_START,
-            layout::EBDA_END,
-            E820_RESERVED,
-        ));
-        map.push(E820Entry::new(
-            layout::ACPI_START,
-            layout::ACPI_END,
-            E820_RESERVED,
-        ));
+        map.push(E820Entry::new(layout::EBDA_START, layout::EBDA_END, E820_RESERVED));
+        map.push(E820Entry::new(layout::ACPI_START, layout::ACPI_END, E820_RESERVED));
         if end > layout::HIMEM_START {
             map.push(E820Entry::new(layout::HIMEM_START, end, E820_RAM));
         }
@@ -79,20 +67,13 @@ mod tests {
 
     #[test]
     fn memory_ending_at_the_hole() {
-        assert_eq!(
-            e820_map(&ram_regions(MMIO_HOLE_START)),
-            low_entries(MMIO_HOLE_START)
-        );
+        assert_eq!(e820_map(&ram_regions(MMIO_HOLE_START)), low_entries(MMIO_HOLE_START));
     }
 
     #[test]
     fn memory_above_4gib_is_listed() {
         let mut expected = low_entries(MMIO_HOLE_START);
-        expected.push(E820Entry::new(
-            HIGH_RAM_START,
-            HIGH_RAM_START + (6 << 30) - MMIO_HOLE_START,
-            E820_RAM,
-        ));
+        expected.push(E820Entry::new(HIGH_RAM_START, HIGH_RAM_START + (6 << 30) - MMIO_HOLE_START, E820_RAM));
         assert_eq!(e820_map(&ram_regions(6 << 30)), expected);
     }
 

@@ -52,13 +52,8 @@ pub(super) fn load(
     validate(path, file, file_len, low_ram_end)?;
     // No kernel offset: PVH needs the kernel at its link-time addresses, and
     // linux-loader only looks for the PVH note then.
-    let result =
-        Elf::load(mem, None, file, Some(GuestAddress(layout::HIMEM_START))).map_err(|source| {
-            LoadError::Loader {
-                path: path.to_owned(),
-                source,
-            }
-        })?;
+    let result = Elf::load(mem, None, file, Some(GuestAddress(layout::HIMEM_START)))
+        .map_err(|source| LoadError::Loader { path: path.to_owned(), source })?;
     let pvh_entry = match result.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(addr) => Some(addr.raw_value()),
         PvhBootCapability::PvhEntryNotPresent | PvhBootCapability::PvhEntryIgnored => None,
@@ -70,81 +65,47 @@ pub(super) fn load(
         result.kernel_end
     );
     // BSS needs no clearing: guest RAM is fresh anonymous memory, all zeros.
-    Ok(LoadedKernel {
-        entry: result.kernel_load.raw_value(),
-        pvh_entry,
-        end: result.kernel_end,
-        setup_header: None,
-    })
+    Ok(LoadedKernel { entry: result.kernel_load.raw_value(), pvh_entry, end: result.kernel_end, setup_header: None })
 }
 
 /// Checks the ELF and program headers against the file's size and guest RAM.
-fn validate(
-    path: &Path,
-    file: &mut File,
-    file_len: u64,
-    low_ram_end: u64,
-) -> Result<(), LoadError> {
-    let invalid = |reason: String| LoadError::InvalidElf {
-        path: path.to_owned(),
-        reason,
-    };
-    let truncated = |what: String| LoadError::Truncated {
-        path: path.to_owned(),
-        what,
-    };
-    let read_err = |source| LoadError::ReadKernel {
-        path: path.to_owned(),
-        source,
-    };
+fn validate(path: &Path, file: &mut File, file_len: u64, low_ram_end: u64) -> Result<(), LoadError> {
+    let invalid = |reason: String| LoadError::InvalidElf { path: path.to_owned(), reason };
+    let truncated = |what: String| LoadError::Truncated { path: path.to_owned(), what };
+    let read_err = |source| LoadError::ReadKernel { path: path.to_owned(), source };
 
     if file_len < EHDR_LEN as u64 {
-        return Err(truncated(format!(
-            "the ELF header needs {EHDR_LEN} bytes, the file has {file_len}"
-        )));
+        return Err(truncated(format!("the ELF header needs {EHDR_LEN} bytes, the file has {file_len}")));
     }
     let mut ehdr = [0u8; EHDR_LEN];
     file.seek(SeekFrom::Start(0)).map_err(read_err)?;
     file.read_exact(&mut ehdr).map_err(read_err)?;
     if ehdr[4] != ELFCLASS64 {
-        return Err(invalid(
-            "not a 64-bit ELF (EI_CLASS is not ELFCLASS64)".into(),
-        ));
+        return Err(invalid("not a 64-bit ELF (EI_CLASS is not ELFCLASS64)".into()));
     }
     if ehdr[5] != ELFDATA2LSB {
         return Err(invalid("not a little-endian ELF".into()));
     }
     let machine = u16_at(&ehdr, 18);
     if machine != EM_X86_64 {
-        return Err(invalid(format!(
-            "e_machine is {machine}, not x86-64 ({EM_X86_64})"
-        )));
+        return Err(invalid(format!("e_machine is {machine}, not x86-64 ({EM_X86_64})")));
     }
     let entry = u64_at(&ehdr, 24);
     if entry < layout::HIMEM_START {
-        return Err(invalid(format!(
-            "entry point {entry:#x} is below {:#x}",
-            layout::HIMEM_START
-        )));
+        return Err(invalid(format!("entry point {entry:#x} is below {:#x}", layout::HIMEM_START)));
     }
     let phoff = u64_at(&ehdr, 32);
     let phentsize = u16_at(&ehdr, 54);
     let phnum = u64::from(u16_at(&ehdr, 56));
     if usize::from(phentsize) != PHDR_LEN {
-        return Err(invalid(format!(
-            "e_phentsize is {phentsize}, not {PHDR_LEN}"
-        )));
+        return Err(invalid(format!("e_phentsize is {phentsize}, not {PHDR_LEN}")));
     }
     if phoff < EHDR_LEN as u64 {
-        return Err(invalid(format!(
-            "program headers at {phoff:#x} overlap the ELF header"
-        )));
+        return Err(invalid(format!("program headers at {phoff:#x} overlap the ELF header")));
     }
     let ph_end = phoff.saturating_add(phnum * PHDR_LEN as u64);
     if ph_end > file_len {
-        return Err(truncated(format!(
-            "{phnum} program headers end at {ph_end:#x}, the file at {file_len:#x}"
-        )));
+        return Err(truncated(format!("{phnum} program headers end at {ph_end:#x}, the file at {file_len:#x}")));
     }
 
     // Bounded by the file size checked just above.
@@ -174,9 +135,7 @@ fn validate(
             continue;
         }
         if memsz < filesz {
-            return Err(invalid(format!(
-                "segment {i} has p_memsz {memsz:#x} smaller than p_filesz {filesz:#x}"
-            )));
+            return Err(invalid(format!("segment {i} has p_memsz {memsz:#x} smaller than p_filesz {filesz:#x}")));
         }
         if paddr < layout::HIMEM_START {
             return Err(invalid(format!(
@@ -185,19 +144,13 @@ fn validate(
             )));
         }
         let seg_end = paddr.checked_add(memsz).ok_or_else(|| {
-            invalid(format!(
-                "segment {i} at {paddr:#x} of {memsz:#x} bytes overflows the address space"
-            ))
+            invalid(format!("segment {i} at {paddr:#x} of {memsz:#x} bytes overflows the address space"))
         })?;
         image_end = image_end.max(Some(seg_end));
     }
     let image_end = image_end.ok_or_else(|| invalid("no loadable (PT_LOAD) segment".into()))?;
     if image_end > low_ram_end {
-        return Err(LoadError::KernelTooLarge {
-            path: path.to_owned(),
-            needed: image_end,
-            available: low_ram_end,
-        });
+        return Err(LoadError::KernelTooLarge { path: path.to_owned(), needed: image_end, available: low_ram_end });
     }
     Ok(())
 }

@@ -29,8 +29,7 @@ use linux_loader::bootparam::setup_header;
 use linux_loader::cmdline::Cmdline;
 use log::info;
 use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap,
-    GuestMemoryRegion,
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap, GuestMemoryRegion,
 };
 
 use crate::layout;
@@ -95,21 +94,14 @@ pub enum LoadError {
         "memory too small: kernel {} needs RAM up to {needed:#x} but RAM below 4 GiB ends at {available:#x}",
         path.display()
     )]
-    KernelTooLarge {
-        path: PathBuf,
-        needed: u64,
-        available: u64,
-    },
+    KernelTooLarge { path: PathBuf, needed: u64, available: u64 },
     #[error("cannot load kernel {}", path.display())]
     Loader {
         path: PathBuf,
         #[source]
         source: linux_loader::loader::Error,
     },
-    #[error(
-        "memory too small: RAM at address 0 is {size:#x} bytes, at least {:#x} are needed",
-        layout::HIMEM_START
-    )]
+    #[error("memory too small: RAM at address 0 is {size:#x} bytes, at least {:#x} are needed", layout::HIMEM_START)]
     NoLowMemory { size: u64 },
     #[error("cannot open initrd {}", path.display())]
     OpenInitrd {
@@ -129,21 +121,12 @@ pub enum LoadError {
         "initrd {} does not fit: it is {size} bytes, only {available} bytes are free between the kernel and {limit:#x}",
         path.display()
     )]
-    InitrdTooLarge {
-        path: PathBuf,
-        size: u64,
-        available: u64,
-        limit: u64,
-    },
+    InitrdTooLarge { path: PathBuf, size: u64, available: u64, limit: u64 },
     #[error(
         "kernel command line is {len} bytes, longer than the {max} bytes kernel {} accepts",
         path.display()
     )]
-    CmdlineTooLong {
-        path: PathBuf,
-        len: usize,
-        max: usize,
-    },
+    CmdlineTooLong { path: PathBuf, len: usize, max: usize },
     #[error("invalid kernel command line {cmdline:?}: {source}")]
     InvalidCmdline {
         cmdline: String,
@@ -193,13 +176,10 @@ pub fn load_kernel(
     let low_ram_end = low_ram_end(mem)?;
     let kernel = load_image(mem, &config.kernel, low_ram_end)?;
 
-    let initrd_max =
-        kernel
-            .setup_header
-            .map_or(DEFAULT_INITRD_ADDR_MAX, |h| match h.initrd_addr_max {
-                0 => DEFAULT_INITRD_ADDR_MAX,
-                max => u64::from(max),
-            });
+    let initrd_max = kernel.setup_header.map_or(DEFAULT_INITRD_ADDR_MAX, |h| match h.initrd_addr_max {
+        0 => DEFAULT_INITRD_ADDR_MAX,
+        max => u64::from(max),
+    });
     let initrd = match &config.initrd {
         Some(path) => Some(load_initrd(mem, path, kernel.end, low_ram_end, initrd_max)?),
         None => None,
@@ -240,20 +220,12 @@ pub fn load_kernel(
         config.kernel.display(),
         kernel.end
     );
-    Ok(BootInfo {
-        cpu_state,
-        protocol,
-        kernel_end: kernel.end,
-        initrd,
-    })
+    Ok(BootInfo { cpu_state, protocol, kernel_end: kernel.end, initrd })
 }
 
 /// Guest RAM as (start, size) pairs, in address order.
 fn ram_ranges(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
-    let mut ranges: Vec<_> = mem
-        .iter()
-        .map(|r| (r.start_addr().raw_value(), r.len()))
-        .collect();
+    let mut ranges: Vec<_> = mem.iter().map(|r| (r.start_addr().raw_value(), r.len())).collect();
     ranges.sort_unstable();
     ranges
 }
@@ -261,10 +233,7 @@ fn ram_ranges(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
 /// End of the RAM that starts at address 0, capped at the MMIO hole: the only
 /// RAM the kernel, the initrd and the boot structures may use.
 fn low_ram_end(mem: &GuestMemoryMmap) -> Result<u64, LoadError> {
-    let size = ram_ranges(mem)
-        .into_iter()
-        .find(|&(start, _)| start == 0)
-        .map_or(0, |(_, size)| size);
+    let size = ram_ranges(mem).into_iter().find(|&(start, _)| start == 0).map_or(0, |(_, size)| size);
     if size <= layout::HIMEM_START {
         return Err(LoadError::NoLowMemory { size });
     }
@@ -272,40 +241,23 @@ fn low_ram_end(mem: &GuestMemoryMmap) -> Result<u64, LoadError> {
 }
 
 /// Opens the kernel, detects its format and writes it to guest memory.
-fn load_image(
-    mem: &GuestMemoryMmap,
-    path: &Path,
-    low_ram_end: u64,
-) -> Result<LoadedKernel, LoadError> {
-    let read_err = |source| LoadError::ReadKernel {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = File::open(path).map_err(|source| LoadError::OpenKernel {
-        path: path.to_owned(),
-        source,
-    })?;
+fn load_image(mem: &GuestMemoryMmap, path: &Path, low_ram_end: u64) -> Result<LoadedKernel, LoadError> {
+    let read_err = |source| LoadError::ReadKernel { path: path.to_owned(), source };
+    let mut file = File::open(path).map_err(|source| LoadError::OpenKernel { path: path.to_owned(), source })?;
     let len = file.metadata().map_err(read_err)?.len();
     if len == 0 {
-        return Err(LoadError::EmptyKernel {
-            path: path.to_owned(),
-        });
+        return Err(LoadError::EmptyKernel { path: path.to_owned() });
     }
     // Enough for the ELF header and for a bzImage's whole setup header.
     let mut head = Vec::with_capacity(bzimage::HEAD_LEN);
-    (&mut file)
-        .take(bzimage::HEAD_LEN as u64)
-        .read_to_end(&mut head)
-        .map_err(read_err)?;
+    (&mut file).take(bzimage::HEAD_LEN as u64).read_to_end(&mut head).map_err(read_err)?;
 
     if head.starts_with(elf::MAGIC) {
         elf::load(mem, path, &mut file, len, low_ram_end)
     } else if bzimage::has_magic(&head) {
         bzimage::load(mem, path, &mut file, &head, len, low_ram_end)
     } else {
-        Err(LoadError::UnknownFormat {
-            path: path.to_owned(),
-        })
+        Err(LoadError::UnknownFormat { path: path.to_owned() })
     }
 }
 
@@ -318,78 +270,42 @@ fn load_initrd(
     low_ram_end: u64,
     initrd_addr_max: u64,
 ) -> Result<(u64, u64), LoadError> {
-    let mut file = File::open(path).map_err(|source| LoadError::OpenInitrd {
-        path: path.to_owned(),
-        source,
-    })?;
-    let size = file
-        .metadata()
-        .map_err(|source| LoadError::OpenInitrd {
-            path: path.to_owned(),
-            source,
-        })?
-        .len();
+    let mut file = File::open(path).map_err(|source| LoadError::OpenInitrd { path: path.to_owned(), source })?;
+    let size = file.metadata().map_err(|source| LoadError::OpenInitrd { path: path.to_owned(), source })?.len();
     if size == 0 {
-        return Err(LoadError::EmptyInitrd {
-            path: path.to_owned(),
-        });
+        return Err(LoadError::EmptyInitrd { path: path.to_owned() });
     }
     // initrd_addr_max is the last byte the initrd may occupy.
-    let limit = low_ram_end
-        .min(initrd_addr_max.saturating_add(1))
-        .min(layout::MMIO_HOLE_START);
+    let limit = low_ram_end.min(initrd_addr_max.saturating_add(1)).min(layout::MMIO_HOLE_START);
     let lowest = align_up(kernel_end, PAGE_SIZE);
-    let addr = limit
-        .checked_sub(size)
-        .map(|top| top & !(PAGE_SIZE - 1))
-        .filter(|&addr| addr >= lowest)
-        .ok_or(LoadError::InitrdTooLarge {
-            path: path.to_owned(),
-            size,
-            available: limit.saturating_sub(lowest),
-            limit,
-        })?;
+    let addr = limit.checked_sub(size).map(|top| top & !(PAGE_SIZE - 1)).filter(|&addr| addr >= lowest).ok_or(
+        LoadError::InitrdTooLarge { path: path.to_owned(), size, available: limit.saturating_sub(lowest), limit },
+    )?;
     // Fits in usize: it is smaller than the 4 GiB limit above.
     let count = size as usize;
     mem.read_exact_volatile_from(GuestAddress(addr), &mut file, count)
-        .map_err(|source| LoadError::ReadInitrd {
-            path: path.to_owned(),
-            source,
-        })?;
+        .map_err(|source| LoadError::ReadInitrd { path: path.to_owned(), source })?;
     Ok((addr, size))
 }
 
 /// Writes the NUL-terminated command line at `CMDLINE_START`; returns its
 /// length without the NUL.
-fn write_cmdline(
-    mem: &GuestMemoryMmap,
-    kernel: &Path,
-    cmdline: &str,
-    max: usize,
-) -> Result<usize, LoadError> {
+fn write_cmdline(mem: &GuestMemoryMmap, kernel: &Path, cmdline: &str, max: usize) -> Result<usize, LoadError> {
     // Checked here rather than left to Cmdline so that the error says both sizes.
     if cmdline.trim().len() > max {
-        return Err(LoadError::CmdlineTooLong {
-            path: kernel.to_owned(),
-            len: cmdline.trim().len(),
-            max,
-        });
+        return Err(LoadError::CmdlineTooLong { path: kernel.to_owned(), len: cmdline.trim().len(), max });
     }
-    let invalid = |source| LoadError::InvalidCmdline {
-        cmdline: cmdline.to_owned(),
-        source,
-    };
+    let invalid = |source| LoadError::InvalidCmdline { cmdline: cmdline.to_owned(), source };
     // Cmdline rejects what the kernel would misparse (non-printable bytes, NUL).
     let mut line = Cmdline::new(max + 1).map_err(invalid)?;
     line.insert_str(cmdline).map_err(invalid)?;
     let bytes = line.as_cstring().map_err(invalid)?;
     let bytes = bytes.as_bytes_with_nul();
-    mem.write_slice(bytes, GuestAddress(layout::CMDLINE_START))
-        .map_err(|source| LoadError::GuestWrite {
-            what: "kernel command line",
-            addr: layout::CMDLINE_START,
-            source,
-        })?;
+    mem.write_slice(bytes, GuestAddress(layout::CMDLINE_START)).map_err(|source| LoadError::GuestWrite {
+        what: "kernel command line",
+        addr: layout::CMDLINE_START,
+        source,
+    })?;
     Ok(bytes.len() - 1)
 }
 

@@ -23,33 +23,20 @@ const _: () = assert!(PDE_START + PDE_COUNT * PAGE_TABLE_SIZE <= CMDLINE_START);
 // One PDPT entry per page directory.
 const _: () = assert!(PDE_COUNT <= ENTRIES_PER_TABLE);
 
-fn write_table(
-    mem: &GuestMemoryMmap,
-    addr: u64,
-    entries: impl Iterator<Item = u64>,
-) -> Result<(), LoadError> {
+fn write_table(mem: &GuestMemoryMmap, addr: u64, entries: impl Iterator<Item = u64>) -> Result<(), LoadError> {
     let bytes: Vec<u8> = entries.flat_map(u64::to_le_bytes).collect();
-    mem.write_slice(&bytes, GuestAddress(addr))
-        .map_err(|source| LoadError::GuestWrite {
-            what: "boot page tables",
-            addr,
-            source,
-        })
+    mem.write_slice(&bytes, GuestAddress(addr)).map_err(|source| LoadError::GuestWrite {
+        what: "boot page tables",
+        addr,
+        source,
+    })
 }
 
 /// Writes PML4 → PDPT → `PDE_COUNT` page directories of 2 MiB pages.
 pub(super) fn write_identity_map(mem: &GuestMemoryMmap) -> Result<(), LoadError> {
     write_table(mem, PML4_START, std::iter::once(PDPTE_START | FLAGS))?;
-    write_table(
-        mem,
-        PDPTE_START,
-        (0..PDE_COUNT).map(|i| (PDE_START + i * PAGE_TABLE_SIZE) | FLAGS),
-    )?;
-    write_table(
-        mem,
-        PDE_START,
-        (0..PDE_COUNT * ENTRIES_PER_TABLE).map(|i| (i << 21) | FLAGS | PAGE_SIZE_2M),
-    )
+    write_table(mem, PDPTE_START, (0..PDE_COUNT).map(|i| (PDE_START + i * PAGE_TABLE_SIZE) | FLAGS))?;
+    write_table(mem, PDE_START, (0..PDE_COUNT * ENTRIES_PER_TABLE).map(|i| (i << 21) | FLAGS | PAGE_SIZE_2M))
 }
 
 #[cfg(test)]
@@ -58,21 +45,15 @@ mod tests {
 
     /// Walks the tables the way the MMU does.
     fn translate(mem: &GuestMemoryMmap, va: u64) -> Option<u64> {
-        let pml4e: u64 = mem
-            .read_obj(GuestAddress(PML4_START + ((va >> 39) & 0x1ff) * 8))
-            .ok()?;
+        let pml4e: u64 = mem.read_obj(GuestAddress(PML4_START + ((va >> 39) & 0x1ff) * 8)).ok()?;
         if pml4e & FLAGS != FLAGS {
             return None;
         }
-        let pdpte: u64 = mem
-            .read_obj(GuestAddress((pml4e & !0xfff) + ((va >> 30) & 0x1ff) * 8))
-            .ok()?;
+        let pdpte: u64 = mem.read_obj(GuestAddress((pml4e & !0xfff) + ((va >> 30) & 0x1ff) * 8)).ok()?;
         if pdpte & FLAGS != FLAGS {
             return None;
         }
-        let pde: u64 = mem
-            .read_obj(GuestAddress((pdpte & !0xfff) + ((va >> 21) & 0x1ff) * 8))
-            .ok()?;
+        let pde: u64 = mem.read_obj(GuestAddress((pdpte & !0xfff) + ((va >> 21) & 0x1ff) * 8)).ok()?;
         if pde & (FLAGS | PAGE_SIZE_2M) != FLAGS | PAGE_SIZE_2M {
             return None;
         }
@@ -83,15 +64,7 @@ mod tests {
     fn identity_maps_the_first_4gib() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
         write_identity_map(&mem).unwrap();
-        for va in [
-            0,
-            0x1234,
-            0x10_0000,
-            0x3fff_ffff,
-            0x4000_0000,
-            0xc000_0000,
-            0xffff_ffff,
-        ] {
+        for va in [0, 0x1234, 0x10_0000, 0x3fff_ffff, 0x4000_0000, 0xc000_0000, 0xffff_ffff] {
             assert_eq!(translate(&mem, va), Some(va), "{va:#x}");
         }
         // 4 GiB and up is not mapped.

@@ -4,9 +4,7 @@
 use std::mem::size_of;
 
 use linux_loader::configurator::{pvh::PvhBootConfigurator, BootConfigurator, BootParams};
-use linux_loader::start_info::{
-    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info, XEN_HVM_START_MAGIC_VALUE,
-};
+use linux_loader::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info, XEN_HVM_START_MAGIC_VALUE};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::{E820Entry, LoadError};
@@ -27,11 +25,7 @@ impl PvhLayout {
         let memmap = layout::PVH_INFO_START + size_of::<hvm_start_info>() as u64;
         let modlist = memmap + (memmap_entries * size_of::<hvm_memmap_table_entry>()) as u64;
         let end = modlist + (modules * size_of::<hvm_modlist_entry>()) as u64;
-        PvhLayout {
-            memmap,
-            modlist,
-            end,
-        }
+        PvhLayout { memmap, modlist, end }
     }
 }
 
@@ -44,12 +38,7 @@ pub(super) fn write_start_info(
     initrd: Option<(u64, u64)>,
 ) -> Result<(), LoadError> {
     let modules: Vec<_> = initrd
-        .map(|(paddr, size)| hvm_modlist_entry {
-            paddr,
-            size,
-            cmdline_paddr: 0,
-            reserved: 0,
-        })
+        .map(|(paddr, size)| hvm_modlist_entry { paddr, size, cmdline_paddr: 0, reserved: 0 })
         .into_iter()
         .collect();
     let at = PvhLayout::new(e820.len(), modules.len());
@@ -84,6 +73,5 @@ pub(super) fn write_start_info(
     if !modules.is_empty() {
         params.set_modules(&modules, GuestAddress(at.modlist));
     }
-    PvhBootConfigurator::write_bootparams(&params, mem)
-        .map_err(|source| LoadError::BootParams { source })
+    PvhBootConfigurator::write_bootparams(&params, mem).map_err(|source| LoadError::BootParams { source })
 }

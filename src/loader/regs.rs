@@ -55,36 +55,26 @@ pub(super) fn gdt(protocol: BootProtocol) -> [u64; GDT_ENTRIES] {
         BootProtocol::Linux64 => CODE64,
         BootProtocol::Pvh => CODE32,
     };
-    [
-        0,
-        gdt_entry(code, 0, 0xf_ffff),
-        gdt_entry(DATA, 0, 0xf_ffff),
-        gdt_entry(TSS, 0, TSS_LIMIT),
-    ]
+    [0, gdt_entry(code, 0, 0xf_ffff), gdt_entry(DATA, 0, 0xf_ffff), gdt_entry(TSS, 0, TSS_LIMIT)]
 }
 
 /// Writes the GDT at `BOOT_GDT_START` and an empty IDT at `BOOT_IDT_START`.
-pub(super) fn write_gdt_idt(
-    mem: &GuestMemoryMmap,
-    gdt: &[u64; GDT_ENTRIES],
-) -> Result<(), LoadError> {
+pub(super) fn write_gdt_idt(mem: &GuestMemoryMmap, gdt: &[u64; GDT_ENTRIES]) -> Result<(), LoadError> {
     for (i, entry) in gdt.iter().enumerate() {
         let addr = layout::BOOT_GDT_START + (i as u64) * 8;
-        mem.write_obj(*entry, GuestAddress(addr))
-            .map_err(|source| LoadError::GuestWrite {
-                what: "boot GDT",
-                addr,
-                source,
-            })?;
+        mem.write_obj(*entry, GuestAddress(addr)).map_err(|source| LoadError::GuestWrite {
+            what: "boot GDT",
+            addr,
+            source,
+        })?;
     }
     // The IDT's limit is 0: any exception before the kernel sets up its own
     // is a triple fault, which engines report, rather than a jump to garbage.
-    mem.write_obj(0u64, GuestAddress(layout::BOOT_IDT_START))
-        .map_err(|source| LoadError::GuestWrite {
-            what: "boot IDT",
-            addr: layout::BOOT_IDT_START,
-            source,
-        })
+    mem.write_obj(0u64, GuestAddress(layout::BOOT_IDT_START)).map_err(|source| LoadError::GuestWrite {
+        what: "boot IDT",
+        addr: layout::BOOT_IDT_START,
+        source,
+    })
 }
 
 fn segment(gdt: &[u64; GDT_ENTRIES], selector: u16) -> Segment {
@@ -105,14 +95,8 @@ pub(super) fn cpu_state(protocol: BootProtocol, entry: u64, gdt: &[u64; GDT_ENTR
         ss: data,
         tr: segment(gdt, GDT_TSS_SELECTOR),
         // LDTR stays null (not present): nothing boots with an LDT.
-        gdt: DescriptorTable {
-            base: layout::BOOT_GDT_START,
-            limit: (GDT_ENTRIES * 8 - 1) as u16,
-        },
-        idt: DescriptorTable {
-            base: layout::BOOT_IDT_START,
-            limit: 0,
-        },
+        gdt: DescriptorTable { base: layout::BOOT_GDT_START, limit: (GDT_ENTRIES * 8 - 1) as u16 },
+        idt: DescriptorTable { base: layout::BOOT_IDT_START, limit: 0 },
         ..CpuState::default()
     };
     match protocol {
@@ -149,20 +133,10 @@ mod tests {
 
     #[test]
     fn linux64_segments_are_flat_long_mode() {
-        let s = cpu_state(
-            BootProtocol::Linux64,
-            0x20_0000,
-            &gdt(BootProtocol::Linux64),
-        );
+        let s = cpu_state(BootProtocol::Linux64, 0x20_0000, &gdt(BootProtocol::Linux64));
         assert!(s.cs.l && !s.cs.db && s.cs.present && s.cs.s);
-        assert_eq!(
-            (s.cs.selector, s.cs.base, s.cs.limit, s.cs.type_),
-            (0x8, 0, 0xffff_ffff, 0xb)
-        );
-        assert_eq!(
-            (s.ds.selector, s.ds.limit, s.ds.type_),
-            (0x10, 0xffff_ffff, 0x3)
-        );
+        assert_eq!((s.cs.selector, s.cs.base, s.cs.limit, s.cs.type_), (0x8, 0, 0xffff_ffff, 0xb));
+        assert_eq!((s.ds.selector, s.ds.limit, s.ds.type_), (0x10, 0xffff_ffff, 0x3));
         assert!(s.ds.db && s.ds.g && s.ds.present);
         assert_eq!(s.ss, s.ds);
         assert_eq!((s.tr.selector, s.tr.type_, s.tr.limit), (0x18, 0xb, 0x67));

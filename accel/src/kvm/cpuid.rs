@@ -29,23 +29,13 @@ fn set_bit(reg: &mut u32, bit: u32, on: bool) {
 /// Writes `value` into bits `lo..=hi`, saturating it to the field width.
 fn set_field(reg: &mut u32, lo: u32, hi: u32, value: u32) {
     let width = hi - lo + 1;
-    let max = if width == 32 {
-        u32::MAX
-    } else {
-        (1 << width) - 1
-    };
+    let max = if width == 32 { u32::MAX } else { (1 << width) - 1 };
     let mask = max << lo;
     *reg = (*reg & !mask) | (value.min(max) << lo);
 }
 
-fn entry_mut(
-    entries: &mut [kvm_cpuid_entry2],
-    function: u32,
-    index: u32,
-) -> Option<&mut kvm_cpuid_entry2> {
-    entries
-        .iter_mut()
-        .find(|e| e.function == function && e.index == index)
+fn entry_mut(entries: &mut [kvm_cpuid_entry2], function: u32, index: u32) -> Option<&mut kvm_cpuid_entry2> {
+    entries.iter_mut().find(|e| e.function == function && e.index == index)
 }
 
 fn vendor(entries: &[kvm_cpuid_entry2]) -> Vendor {
@@ -113,13 +103,7 @@ fn update_feature_info(entries: &mut [kvm_cpuid_entry2], id: u8, vcpus: u32) {
 /// Leaves 0xB/0x1F: SMT level (1 thread per core), core level (all vCPUs),
 /// then the terminating invalid level; EDX is the x2APIC ID everywhere.
 /// KVM reports only subleaf 0, so the subleaves are rebuilt.
-fn set_extended_topology(
-    entries: &mut Vec<kvm_cpuid_entry2>,
-    leaf: u32,
-    id: u8,
-    vcpus: u32,
-    core_bits: u32,
-) {
+fn set_extended_topology(entries: &mut Vec<kvm_cpuid_entry2>, leaf: u32, id: u8, vcpus: u32, core_bits: u32) {
     entries.retain(|e| e.function != leaf);
     let levels = [(0, 1, 1), (core_bits, vcpus, 2), (0, 0, 0)];
     for (index, (shift, count, kind)) in (0u32..).zip(levels) {
@@ -147,20 +131,12 @@ fn filter_xsave_dependent_features(entries: &mut [kvm_cpuid_entry2]) {
         return;
     };
     if xcr0 & XCR0_AVX512 != XCR0_AVX512 {
-        LEAF7_EBX_AVX512
-            .iter()
-            .for_each(|&b| set_bit(&mut leaf7.ebx, b, false));
-        LEAF7_ECX_AVX512
-            .iter()
-            .for_each(|&b| set_bit(&mut leaf7.ecx, b, false));
-        LEAF7_EDX_AVX512
-            .iter()
-            .for_each(|&b| set_bit(&mut leaf7.edx, b, false));
+        LEAF7_EBX_AVX512.iter().for_each(|&b| set_bit(&mut leaf7.ebx, b, false));
+        LEAF7_ECX_AVX512.iter().for_each(|&b| set_bit(&mut leaf7.ecx, b, false));
+        LEAF7_EDX_AVX512.iter().for_each(|&b| set_bit(&mut leaf7.edx, b, false));
     }
     if xcr0 & XCR0_AMX != XCR0_AMX {
-        LEAF7_EDX_AMX
-            .iter()
-            .for_each(|&b| set_bit(&mut leaf7.edx, b, false));
+        LEAF7_EDX_AMX.iter().for_each(|&b| set_bit(&mut leaf7.edx, b, false));
     }
 }
 
@@ -173,9 +149,7 @@ pub(crate) fn clear_arch_capabilities(entries: &mut [kvm_cpuid_entry2]) {
 
 /// Whether CPUID advertises IA32_ARCH_CAPABILITIES.
 pub(crate) fn has_arch_capabilities(entries: &[kvm_cpuid_entry2]) -> bool {
-    entries
-        .iter()
-        .any(|e| e.function == 7 && e.index == 0 && e.edx & (1 << LEAF7_EDX_ARCH_CAPABILITIES) != 0)
+    entries.iter().any(|e| e.function == 7 && e.index == 0 && e.edx & (1 << LEAF7_EDX_ARCH_CAPABILITIES) != 0)
 }
 
 /// KVM leaves the brand string empty on some hosts; guests print it, so
@@ -295,10 +269,7 @@ mod tests {
     }
 
     fn find(entries: &[kvm_cpuid_entry2], f: u32, i: u32) -> kvm_cpuid_entry2 {
-        *entries
-            .iter()
-            .find(|e| e.function == f && e.index == i)
-            .unwrap()
+        *entries.iter().find(|e| e.function == f && e.index == i).unwrap()
     }
 
     #[test]
@@ -325,10 +296,7 @@ mod tests {
         assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (0, 1, 0x100, 2));
         assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (2, 3, 0x201, 2));
         assert_eq!((end.eax, end.ebx, end.ecx & 0xff00), (0, 0, 0));
-        assert!(e
-            .iter()
-            .filter(|x| x.function == 0xb)
-            .all(|x| x.flags == KVM_CPUID_FLAG_SIGNIFCANT_INDEX));
+        assert!(e.iter().filter(|x| x.function == 0xb).all(|x| x.flags == KVM_CPUID_FLAG_SIGNIFCANT_INDEX));
     }
 
     #[test]

@@ -60,9 +60,7 @@ extern "C" fn handle_kick(_: c_int, _: *mut siginfo_t, _: *mut c_void) {
 /// Installs the kick signal handler, once per process.
 pub(crate) fn install_handler() -> Result<(), KvmError> {
     static INSTALLED: OnceLock<Result<(), vmm_sys_util::errno::Error>> = OnceLock::new();
-    INSTALLED
-        .get_or_init(|| register_signal_handler(kick_signal(), handle_kick))
-        .map_err(KvmError::SignalHandler)
+    INSTALLED.get_or_init(|| register_signal_handler(kick_signal(), handle_kick)).map_err(KvmError::SignalHandler)
 }
 
 /// What a vCPU and its kickers share.

@@ -64,12 +64,7 @@ pub enum KvmError {
     },
     /// KVM_SET_MSRS stopped before the end of the list.
     #[error("vCPU {id}: KVM_SET_MSRS rejected MSR {msr:#x} ({written} of {total} written)")]
-    MsrRejected {
-        id: u8,
-        msr: u32,
-        written: usize,
-        total: usize,
-    },
+    MsrRejected { id: u8, msr: u32, written: usize, total: usize },
     /// A guest RAM region could not be registered as a memory slot.
     #[error("guest RAM region {slot} at {addr:#x} (+{size:#x}) is not mmapped")]
     MemoryRegion { slot: u32, addr: u64, size: u64 },
@@ -91,11 +86,7 @@ pub enum KvmError {
     },
     /// A CPUID or MSR list is longer than KVM's ioctl structures hold.
     #[error("vCPU {id}: {entries} {what} entries exceed KVM's limit")]
-    TooManyEntries {
-        what: &'static str,
-        id: u8,
-        entries: usize,
-    },
+    TooManyEntries { what: &'static str, id: u8, entries: usize },
     /// The vCPU kick signal handler could not be installed.
     #[error("installing the vCPU kick signal handler (SIGRTMIN) failed")]
     SignalHandler(#[source] vmm_sys_util::errno::Error),
@@ -149,11 +140,7 @@ pub fn probe() -> KvmHost {
     }
     let module = |name: &str| Path::new("/sys/module").join(name).exists();
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    classify(
-        module("kvm_pvm"),
-        module("kvm_intel") || module("kvm_amd"),
-        &cpuinfo,
-    )
+    classify(module("kvm_pvm"), module("kvm_intel") || module("kvm_amd"), &cpuinfo)
 }
 
 /// PVM when its module is the only KVM vendor module loaded, or when the CPU
@@ -188,11 +175,8 @@ impl Kvm {
         if version != kvm_bindings::KVM_API_VERSION as i32 {
             return Err(KvmError::ApiVersion(version));
         }
-        let missing: Vec<&'static str> = REQUIRED_CAPS
-            .iter()
-            .filter(|(cap, _)| !kvm.check_extension(*cap))
-            .map(|(_, name)| *name)
-            .collect();
+        let missing: Vec<&'static str> =
+            REQUIRED_CAPS.iter().filter(|(cap, _)| !kvm.check_extension(*cap)).map(|(_, name)| *name).collect();
         if !missing.is_empty() {
             return Err(KvmError::MissingCapabilities(missing));
         }
@@ -214,11 +198,7 @@ impl Accelerator for Kvm {
     fn create_vm(&self, memory: &GuestMemoryMmap, config: &VmConfig) -> crate::Result<Arc<dyn Vm>> {
         let max = self.max_vcpus();
         if config.vcpus == 0 || config.vcpus > max {
-            return Err(KvmError::VcpuCount {
-                requested: config.vcpus,
-                max,
-            }
-            .into());
+            return Err(KvmError::VcpuCount { requested: config.vcpus, max }.into());
         }
         Ok(Arc::new(KvmVm::new(self.kvm.clone(), memory, config)?))
     }
@@ -240,14 +220,8 @@ mod tests {
 
     #[test]
     fn no_vmx_or_svm_flag_means_pvm() {
-        assert_eq!(
-            classify(false, false, "flags\t: fpu sse2 hypervisor"),
-            KvmHost::Pvm
-        );
-        assert_eq!(
-            classify(false, false, "flags\t: fpu svm"),
-            KvmHost::Hardware
-        );
+        assert_eq!(classify(false, false, "flags\t: fpu sse2 hypervisor"), KvmHost::Pvm);
+        assert_eq!(classify(false, false, "flags\t: fpu svm"), KvmHost::Hardware);
         // A flag name that merely contains "vmx" is not the flag.
         assert_eq!(classify(false, false, "flags\t: vmx_foo"), KvmHost::Pvm);
     }

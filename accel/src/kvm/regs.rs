@@ -45,21 +45,13 @@ pub(crate) fn boot_msrs() -> Vec<kvm_msr_entry> {
         (MSR_MTRR_DEF_TYPE, MTRR_ENABLE | MTRR_MEM_TYPE_WB),
     ]
     .into_iter()
-    .map(|(index, data)| kvm_msr_entry {
-        index,
-        data,
-        ..Default::default()
-    })
+    .map(|(index, data)| kvm_msr_entry { index, data, ..Default::default() })
     .collect()
 }
 
 /// The x87/SSE state at reset: all exceptions masked.
 pub(crate) fn boot_fpu() -> kvm_fpu {
-    kvm_fpu {
-        fcw: 0x37f,
-        mxcsr: 0x1f80,
-        ..Default::default()
-    }
+    kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() }
 }
 
 const APIC_LVT0: usize = 0x350;
@@ -76,10 +68,7 @@ fn lapic_reg(lapic: &kvm_lapic_state, offset: usize) -> u32 {
 }
 
 fn set_lapic_reg(lapic: &mut kvm_lapic_state, offset: usize, value: u32) {
-    for (r, b) in lapic.regs[offset..offset + 4]
-        .iter_mut()
-        .zip(value.to_le_bytes())
-    {
+    for (r, b) in lapic.regs[offset..offset + 4].iter_mut().zip(value.to_le_bytes()) {
         *r = b as std::os::raw::c_char;
     }
 }
@@ -193,9 +182,7 @@ pub(crate) fn to_cpu_state(regs: &kvm_regs, sregs: &kvm_sregs) -> CpuState {
     gprs[gpr::RBP] = regs.rbp;
     gprs[gpr::RSI] = regs.rsi;
     gprs[gpr::RDI] = regs.rdi;
-    gprs[8..].copy_from_slice(&[
-        regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15,
-    ]);
+    gprs[8..].copy_from_slice(&[regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15]);
     CpuState {
         gprs,
         rip: regs.rip,
@@ -208,14 +195,8 @@ pub(crate) fn to_cpu_state(regs: &kvm_regs, sregs: &kvm_sregs) -> CpuState {
         ss: from_kvm_segment(&sregs.ss),
         tr: from_kvm_segment(&sregs.tr),
         ldt: from_kvm_segment(&sregs.ldt),
-        gdt: DescriptorTable {
-            base: sregs.gdt.base,
-            limit: sregs.gdt.limit,
-        },
-        idt: DescriptorTable {
-            base: sregs.idt.base,
-            limit: sregs.idt.limit,
-        },
+        gdt: DescriptorTable { base: sregs.gdt.base, limit: sregs.gdt.limit },
+        idt: DescriptorTable { base: sregs.idt.base, limit: sregs.idt.limit },
         cr0: sregs.cr0,
         cr3: sregs.cr3,
         cr4: sregs.cr4,
@@ -283,14 +264,8 @@ mod tests {
             ss: data,
             tr: Segment::from_gdt_entry(0x18, 0x0000_8b00_0000_0067),
             ldt: Segment::default(),
-            gdt: DescriptorTable {
-                base: 0x500,
-                limit: 0x1f,
-            },
-            idt: DescriptorTable {
-                base: 0x520,
-                limit: 0,
-            },
+            gdt: DescriptorTable { base: 0x500, limit: 0x1f },
+            idt: DescriptorTable { base: 0x520, limit: 0 },
             cr0: 0x8000_0011,
             cr3: 0x9000,
             cr4: 0x20,
@@ -302,17 +277,11 @@ mod tests {
     fn cpu_state_round_trips_through_kvm_structs() {
         let state = long_mode_state();
         let regs = to_kvm_regs(&state);
-        let mut sregs = kvm_sregs {
-            apic_base: 0xfee0_0900,
-            ..Default::default()
-        };
+        let mut sregs = kvm_sregs { apic_base: 0xfee0_0900, ..Default::default() };
         apply_sregs(&state, &mut sregs);
         assert_eq!(sregs.apic_base, 0xfee0_0900, "APIC base is kept");
         assert_eq!(sregs.ldt.unusable, 1);
-        assert_eq!(
-            (regs.rax, regs.rcx, regs.rsp, regs.r15),
-            (0x1000, 0x1001, 0x1004, 0x100f)
-        );
+        assert_eq!((regs.rax, regs.rcx, regs.rsp, regs.r15), (0x1000, 0x1001, 0x1004, 0x100f));
         assert_eq!(to_cpu_state(&regs, &sregs), state);
     }
 

@@ -4,11 +4,10 @@ use std::ptr;
 use std::sync::Arc;
 
 use kvm_bindings::{
-    kvm_mp_state, kvm_msr_entry, kvm_run, KVM_INTERNAL_ERROR_DELIVERY_EV,
-    KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
-    KVM_INTERNAL_ERROR_SIMUL_EX, KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON,
-    KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED,
-    KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    kvm_mp_state, kvm_msr_entry, kvm_run, KVM_INTERNAL_ERROR_DELIVERY_EV, KVM_INTERNAL_ERROR_EMULATION,
+    KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_INTERNAL_ERROR_SIMUL_EX,
+    KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_RUNNABLE,
+    KVM_MP_STATE_UNINITIALIZED, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_bindings::{CpuId, Msrs};
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd};
@@ -44,9 +43,7 @@ enum Followup {
 const HALTED_FOREVER: &str = "KVM_EXIT_HLT: vCPU halted with no in-kernel LAPIC to wake it";
 
 fn malformed_io(direction: &str, len: usize) -> Followup {
-    Followup::Crash(format!(
-        "KVM_EXIT_IO ({direction}) with a malformed {len}-byte buffer"
-    ))
+    Followup::Crash(format!("KVM_EXIT_IO ({direction}) with a malformed {len}-byte buffer"))
 }
 
 /// KVM_EXIT_SYSTEM_EVENT: PSCI-style power requests, or a crash report.
@@ -54,43 +51,28 @@ fn system_event(kind: u32, data: &[u64]) -> Followup {
     match kind {
         KVM_SYSTEM_EVENT_SHUTDOWN => Followup::Return(VcpuExit::Poweroff),
         KVM_SYSTEM_EVENT_RESET => Followup::Return(VcpuExit::Reset),
-        KVM_SYSTEM_EVENT_CRASH => Followup::Crash(format!(
-            "guest reported a crash (KVM_SYSTEM_EVENT_CRASH, data {data:x?})"
-        )),
-        other => Followup::Crash(format!(
-            "unexpected KVM_EXIT_SYSTEM_EVENT type {other} (data {data:x?})"
-        )),
+        KVM_SYSTEM_EVENT_CRASH => {
+            Followup::Crash(format!("guest reported a crash (KVM_SYSTEM_EVENT_CRASH, data {data:x?})"))
+        }
+        other => Followup::Crash(format!("unexpected KVM_EXIT_SYSTEM_EVENT type {other} (data {data:x?})")),
     }
 }
 
 impl KvmVcpu {
     pub(crate) fn new(vm: &KvmVm, id: u8, ops: Arc<dyn VmOps>) -> Result<Self, KvmError> {
         kick::install_handler()?;
-        let fd = vm
-            .fd
-            .create_vcpu(u64::from(id))
-            .map_err(|source| KvmError::VcpuIoctl {
-                id,
-                op: "KVM_CREATE_VCPU",
-                source,
-            })?;
-        let vcpu = KvmVcpu {
+        let fd = vm.fd.create_vcpu(u64::from(id)).map_err(|source| KvmError::VcpuIoctl {
             id,
-            fd,
-            ops,
-            kick: Arc::default(),
-            _memory: vm.memory.clone(),
-        };
+            op: "KVM_CREATE_VCPU",
+            source,
+        })?;
+        let vcpu = KvmVcpu { id, fd, ops, kick: Arc::default(), _memory: vm.memory.clone() };
         vcpu.set_cpuid(&vm.kvm, &vm.supported_cpuid, vm.vcpus)?;
         vcpu.set_msrs(&regs::boot_msrs())?;
-        vcpu.fd
-            .set_fpu(&regs::boot_fpu())
-            .map_err(vcpu.err("KVM_SET_FPU"))?;
+        vcpu.fd.set_fpu(&regs::boot_fpu()).map_err(vcpu.err("KVM_SET_FPU"))?;
         let mut lapic = vcpu.fd.get_lapic().map_err(vcpu.err("KVM_GET_LAPIC"))?;
         regs::set_lint_pins(&mut lapic);
-        vcpu.fd
-            .set_lapic(&lapic)
-            .map_err(vcpu.err("KVM_SET_LAPIC"))?;
+        vcpu.fd.set_lapic(&lapic).map_err(vcpu.err("KVM_SET_LAPIC"))?;
         vcpu.check_mp_state()?;
         Ok(vcpu)
     }
@@ -100,29 +82,17 @@ impl KvmVcpu {
         move |source| KvmError::VcpuIoctl { id, op, source }
     }
 
-    fn set_cpuid(
-        &self,
-        kvm: &kvm_ioctls::Kvm,
-        supported: &CpuId,
-        vcpus: u8,
-    ) -> Result<(), KvmError> {
+    fn set_cpuid(&self, kvm: &kvm_ioctls::Kvm, supported: &CpuId, vcpus: u8) -> Result<(), KvmError> {
         let mut entries = supported.as_slice().to_vec();
         cpuid::normalize(&mut entries, self.id, vcpus, cpuid::host_cpuid);
-        self.fd
-            .set_cpuid2(&self.to_cpuid(&entries)?)
-            .map_err(self.err("KVM_SET_CPUID2"))?;
+        self.fd.set_cpuid2(&self.to_cpuid(&entries)?).map_err(self.err("KVM_SET_CPUID2"))?;
         // KVM lists IA32_ARCH_CAPABILITIES as supported, but some hosts (PVM)
         // can't hold it for a vCPU; a guest that reads it would fault. The
         // MSR is only accepted once CPUID advertises it, hence the order.
         if cpuid::has_arch_capabilities(&entries) && !self.accepts_arch_capabilities(kvm) {
-            log::info!(
-                "vCPU {}: host KVM can't set IA32_ARCH_CAPABILITIES; hiding it from CPUID",
-                self.id
-            );
+            log::info!("vCPU {}: host KVM can't set IA32_ARCH_CAPABILITIES; hiding it from CPUID", self.id);
             cpuid::clear_arch_capabilities(&mut entries);
-            self.fd
-                .set_cpuid2(&self.to_cpuid(&entries)?)
-                .map_err(self.err("KVM_SET_CPUID2"))?;
+            self.fd.set_cpuid2(&self.to_cpuid(&entries)?).map_err(self.err("KVM_SET_CPUID2"))?;
         }
         if self.id == 0 && log::log_enabled!(log::Level::Debug) {
             self.log_cpuid_changes(&entries);
@@ -137,10 +107,7 @@ impl KvmVcpu {
             return;
         };
         for g in got.as_slice() {
-            let Some(s) = set
-                .iter()
-                .find(|s| (s.function, s.index) == (g.function, g.index))
-            else {
+            let Some(s) = set.iter().find(|s| (s.function, s.index) == (g.function, g.index)) else {
                 continue;
             };
             let (want, have) = ([s.eax, s.ebx, s.ecx, s.edx], [g.eax, g.ebx, g.ecx, g.edx]);
@@ -165,11 +132,7 @@ impl KvmVcpu {
     /// Loads KVM's own value of IA32_ARCH_CAPABILITIES (the feature MSR on
     /// `/dev/kvm`) into the vCPU, as QEMU does; false if KVM refuses.
     fn accepts_arch_capabilities(&self, kvm: &kvm_ioctls::Kvm) -> bool {
-        let entry = |data| kvm_msr_entry {
-            index: regs::MSR_IA32_ARCH_CAPABILITIES,
-            data,
-            ..Default::default()
-        };
+        let entry = |data| kvm_msr_entry { index: regs::MSR_IA32_ARCH_CAPABILITIES, data, ..Default::default() };
         let Ok(mut msrs) = Msrs::from_entries(&[entry(0)]) else {
             return false;
         };
@@ -177,8 +140,7 @@ impl KvmVcpu {
             Ok(1) => msrs.as_slice()[0].data,
             _ => return false,
         };
-        Msrs::from_entries(&[entry(value)])
-            .is_ok_and(|msrs| matches!(self.fd.set_msrs(&msrs), Ok(1)))
+        Msrs::from_entries(&[entry(value)]).is_ok_and(|msrs| matches!(self.fd.set_msrs(&msrs), Ok(1)))
     }
 
     fn set_msrs(&self, entries: &[kvm_msr_entry]) -> Result<(), KvmError> {
@@ -202,31 +164,22 @@ impl KvmVcpu {
     /// With the in-kernel irqchip KVM makes vCPU 0 runnable and parks the
     /// others until the guest sends INIT/SIPI; make sure that holds.
     fn check_mp_state(&self) -> Result<(), KvmError> {
-        let state = self
-            .fd
-            .get_mp_state()
-            .map_err(self.err("KVM_GET_MP_STATE"))?
-            .mp_state;
+        let state = self.fd.get_mp_state().map_err(self.err("KVM_GET_MP_STATE"))?.mp_state;
         let want = if self.id == 0 {
             (state != KVM_MP_STATE_RUNNABLE).then_some(KVM_MP_STATE_RUNNABLE)
         } else {
-            let waiting =
-                state == KVM_MP_STATE_UNINITIALIZED || state == KVM_MP_STATE_INIT_RECEIVED;
+            let waiting = state == KVM_MP_STATE_UNINITIALIZED || state == KVM_MP_STATE_INIT_RECEIVED;
             (!waiting).then_some(KVM_MP_STATE_UNINITIALIZED)
         };
         if let Some(mp_state) = want {
             log::debug!("vCPU {}: mp_state {state} -> {mp_state}", self.id);
-            self.fd
-                .set_mp_state(kvm_mp_state { mp_state })
-                .map_err(self.err("KVM_SET_MP_STATE"))?;
+            self.fd.set_mp_state(kvm_mp_state { mp_state }).map_err(self.err("KVM_SET_MP_STATE"))?;
         }
         Ok(())
     }
 
     fn rip(&self) -> String {
-        self.fd
-            .get_regs()
-            .map_or_else(|e| format!("unknown ({e})"), |r| format!("{:#x}", r.rip))
+        self.fd.get_regs().map_or_else(|e| format!("unknown ({e})"), |r| format!("{:#x}", r.rip))
     }
 
     /// One `KVM_RUN`, with port and MMIO accesses completed through the
@@ -245,8 +198,7 @@ impl KvmVcpu {
             },
             Ok(KvmExit::IoIn(port, data)) => match io_size(run, data.len()) {
                 Some(size) => {
-                    data.chunks_exact_mut(size)
-                        .for_each(|d| ops.pio_read(port, d));
+                    data.chunks_exact_mut(size).for_each(|d| ops.pio_read(port, d));
                     Followup::Resume
                 }
                 None => malformed_io("in", data.len()),
@@ -266,9 +218,9 @@ impl KvmVcpu {
             Ok(KvmExit::Hlt) => Followup::Crash(HALTED_FOREVER.into()),
             Ok(KvmExit::InternalError) => Followup::InternalError,
             Ok(KvmExit::Unknown) => Followup::Unknown,
-            Ok(KvmExit::FailEntry(reason, cpu)) => Followup::Crash(format!(
-                "KVM_EXIT_FAIL_ENTRY: VM entry failed (reason {reason:#x}, host CPU {cpu})"
-            )),
+            Ok(KvmExit::FailEntry(reason, cpu)) => {
+                Followup::Crash(format!("KVM_EXIT_FAIL_ENTRY: VM entry failed (reason {reason:#x}, host CPU {cpu})"))
+            }
             Ok(KvmExit::MemoryFault { flags, gpa, size }) => Followup::Crash(format!(
                 "KVM_EXIT_MEMORY_FAULT at guest physical {gpa:#x} (+{size:#x}, flags {flags:#x})"
             )),
@@ -287,13 +239,7 @@ impl KvmVcpu {
                 self.fd.set_kvm_immediate_exit(0);
                 Followup::Resume
             }
-            Err(source) => {
-                return Err(KvmError::VcpuIoctl {
-                    id,
-                    op: "KVM_RUN",
-                    source,
-                })
-            }
+            Err(source) => return Err(KvmError::VcpuIoctl { id, op: "KVM_RUN", source }),
         };
         Ok(match followup {
             Followup::Resume => None,
@@ -302,13 +248,7 @@ impl KvmVcpu {
             Followup::InternalError => Some(VcpuExit::Crash(self.internal_error())),
             Followup::Unknown => {
                 // SAFETY: for KVM_EXIT_UNKNOWN the kernel fills `hw` (one u64).
-                let reason = unsafe {
-                    self.fd
-                        .get_kvm_run()
-                        .__bindgen_anon_1
-                        .hw
-                        .hardware_exit_reason
-                };
+                let reason = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.hw.hardware_exit_reason };
                 Some(VcpuExit::Crash(format!(
                     "KVM_EXIT_UNKNOWN (hardware exit reason {reason:#x}) at RIP {}",
                     self.rip()
@@ -333,10 +273,7 @@ impl KvmVcpu {
             _ => "unknown suberror",
         };
         let data = &internal.data[..(internal.ndata as usize).min(internal.data.len())];
-        let mut msg = format!(
-            "KVM_EXIT_INTERNAL_ERROR suberror {} ({what}) at RIP {rip}",
-            internal.suberror
-        );
+        let mut msg = format!("KVM_EXIT_INTERNAL_ERROR suberror {} ({what}) at RIP {rip}", internal.suberror);
         // Emulation failures: data[0] flags, then insn_size and the bytes.
         if internal.suberror == KVM_INTERNAL_ERROR_EMULATION
             && data.len() >= 3
@@ -362,8 +299,7 @@ fn io_size(run: *mut kvm_run, len: usize) -> Option<usize> {
     // `&mut self`), and the exit is KVM_EXIT_IO, so `io` is the union
     // member the kernel filled. The read touches only the header, not the
     // data area the exit's slice covers.
-    let size =
-        usize::from(unsafe { ptr::addr_of!((*run).__bindgen_anon_1.io.size).read_volatile() });
+    let size = usize::from(unsafe { ptr::addr_of!((*run).__bindgen_anon_1.io.size).read_volatile() });
     (size != 0 && len.is_multiple_of(size)).then_some(size)
 }
 
@@ -375,12 +311,8 @@ impl crate::Vcpu for KvmVcpu {
     fn set_cpu_state(&mut self, state: &CpuState) -> crate::Result<()> {
         let mut sregs = self.fd.get_sregs().map_err(self.err("KVM_GET_SREGS"))?;
         regs::apply_sregs(state, &mut sregs);
-        self.fd
-            .set_sregs(&sregs)
-            .map_err(self.err("KVM_SET_SREGS"))?;
-        self.fd
-            .set_regs(&regs::to_kvm_regs(state))
-            .map_err(self.err("KVM_SET_REGS"))?;
+        self.fd.set_sregs(&sregs).map_err(self.err("KVM_SET_SREGS"))?;
+        self.fd.set_regs(&regs::to_kvm_regs(state)).map_err(self.err("KVM_SET_REGS"))?;
         Ok(())
     }
 
@@ -445,28 +377,16 @@ mod tests {
         let ops: Arc<dyn VmOps> = Arc::new(NoOps);
         let bsp = KvmVcpu::new(&vm, 0, ops.clone()).unwrap();
         let ap = KvmVcpu::new(&vm, 1, ops).unwrap();
-        assert_eq!(
-            bsp.fd.get_mp_state().unwrap().mp_state,
-            KVM_MP_STATE_RUNNABLE
-        );
-        assert_eq!(
-            ap.fd.get_mp_state().unwrap().mp_state,
-            KVM_MP_STATE_UNINITIALIZED
-        );
+        assert_eq!(bsp.fd.get_mp_state().unwrap().mp_state, KVM_MP_STATE_RUNNABLE);
+        assert_eq!(ap.fd.get_mp_state().unwrap().mp_state, KVM_MP_STATE_UNINITIALIZED);
         // Per-vCPU CPUID: each sees its own APIC ID.
         let leaf1 = |v: &KvmVcpu| {
-            let c =
-                v.fd.get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-                    .unwrap();
+            let c = v.fd.get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES).unwrap();
             c.as_slice().iter().find(|e| e.function == 1).unwrap().ebx >> 24
         };
         assert_eq!((leaf1(&bsp), leaf1(&ap)), (0, 1));
         // The boot MSRs and LINT pins were applied.
-        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
-            index: 0x2ff,
-            ..Default::default()
-        }])
-        .unwrap();
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry { index: 0x2ff, ..Default::default() }]).unwrap();
         assert_eq!(ap.fd.get_msrs(&mut msrs).unwrap(), 1);
         assert_eq!(msrs.as_slice()[0].data, 0x806);
         let lapic = bsp.fd.get_lapic().unwrap();

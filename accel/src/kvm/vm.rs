@@ -48,9 +48,11 @@ impl KvmVm {
         for (slot, region) in (0u32..).zip(memory.iter()) {
             let addr = region.start_addr().0;
             let size = region.len();
-            let host = region
-                .get_host_address(MemoryRegionAddress(0))
-                .map_err(|_| KvmError::MemoryRegion { slot, addr, size })?;
+            let host = region.get_host_address(MemoryRegionAddress(0)).map_err(|_| KvmError::MemoryRegion {
+                slot,
+                addr,
+                size,
+            })?;
             let mem_region = kvm_userspace_memory_region {
                 slot,
                 guest_phys_addr: addr,
@@ -61,67 +63,37 @@ impl KvmVm {
             // SAFETY: `host..host+size` is the region's live mmap. The VM
             // and each vCPU hold clones of `memory` (sharing the mappings),
             // so the range stays mapped while anything can run the guest.
-            unsafe { fd.set_user_memory_region(mem_region) }
-                .map_err(vm_err("KVM_SET_USER_MEMORY_REGION"))?;
+            unsafe { fd.set_user_memory_region(mem_region) }.map_err(vm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
-        fd.set_tss_address(KVM_TSS_ADDRESS)
-            .map_err(vm_err("KVM_SET_TSS_ADDR"))?;
+        fd.set_tss_address(KVM_TSS_ADDRESS).map_err(vm_err("KVM_SET_TSS_ADDR"))?;
         if kvm.check_extension(kvm_ioctls::Cap::SetIdentityMapAddr) {
-            fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
-                .map_err(vm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+            fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS).map_err(vm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
         }
         fd.create_irq_chip().map_err(vm_err("KVM_CREATE_IRQCHIP"))?;
         // The PC speaker port (0x61) is ignored rather than exiting to us.
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
+        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
         fd.create_pit2(pit).map_err(vm_err("KVM_CREATE_PIT2"))?;
-        let supported_cpuid = kvm
-            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .map_err(vm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let supported_cpuid =
+            kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(vm_err("KVM_GET_SUPPORTED_CPUID"))?;
         let recommended = kvm.get_nr_vcpus();
         if usize::from(config.vcpus) > recommended {
-            log::info!(
-                "{} vCPUs is more than KVM's recommended {recommended} on this host",
-                config.vcpus
-            );
+            log::info!("{} vCPUs is more than KVM's recommended {recommended} on this host", config.vcpus);
         }
-        Ok(KvmVm {
-            kvm,
-            fd,
-            memory: memory.clone(),
-            vcpus: config.vcpus,
-            supported_cpuid,
-        })
+        Ok(KvmVm { kvm, fd, memory: memory.clone(), vcpus: config.vcpus, supported_cpuid })
     }
 }
 
 impl crate::Vm for KvmVm {
     fn irq_line(&self, gsi: u32) -> crate::Result<Arc<dyn IrqLine>> {
         if gsi >= IOAPIC_PINS {
-            return Err(KvmError::Gsi {
-                gsi,
-                max: IOAPIC_PINS - 1,
-            }
-            .into());
+            return Err(KvmError::Gsi { gsi, max: IOAPIC_PINS - 1 }.into());
         }
-        let event = EventFd::new(EFD_NONBLOCK).map_err(|source| KvmError::EventFd {
-            what: "an irqfd",
-            source,
-        })?;
-        self.fd
-            .register_irqfd(&event, gsi)
-            .map_err(vm_err("KVM_IRQFD"))?;
+        let event = EventFd::new(EFD_NONBLOCK).map_err(|source| KvmError::EventFd { what: "an irqfd", source })?;
+        self.fd.register_irqfd(&event, gsi).map_err(vm_err("KVM_IRQFD"))?;
         Ok(Arc::new(KvmIrqLine { event }))
     }
 
-    fn register_ioevent(
-        &self,
-        event: &EventFd,
-        addr: IoEventAddress,
-        datamatch: Option<u32>,
-    ) -> crate::Result<()> {
+    fn register_ioevent(&self, event: &EventFd, addr: IoEventAddress, datamatch: Option<u32>) -> crate::Result<()> {
         let addr = match addr {
             IoEventAddress::Pio(a) => kvm_ioctls::IoEventAddress::Pio(a),
             IoEventAddress::Mmio(a) => kvm_ioctls::IoEventAddress::Mmio(a),
@@ -138,11 +110,7 @@ impl crate::Vm for KvmVm {
 
     fn create_vcpu(&self, id: u8, ops: Arc<dyn VmOps>) -> crate::Result<Box<dyn Vcpu>> {
         if id >= self.vcpus {
-            return Err(KvmError::VcpuId {
-                id,
-                count: self.vcpus,
-            }
-            .into());
+            return Err(KvmError::VcpuId { id, count: self.vcpus }.into());
         }
         Ok(Box::new(KvmVcpu::new(self, id, ops)?))
     }

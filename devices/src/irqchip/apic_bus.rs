@@ -137,15 +137,18 @@ impl ApicBus {
     }
 
     /// Runs `f` on the LAPIC, then wakes its vCPU if that left an interrupt
-    /// deliverable (an EOI or TPR write can unblock one already pending).
+    /// deliverable (an EOI, TPR or LINT0 write can unblock one already
+    /// pending).
     fn with_lapic<R>(&self, cpu: u8, f: impl FnOnce(&mut Lapic) -> R) -> Option<R> {
         let lapic = self.lapics.get(usize::from(cpu))?;
-        let (result, pending) = {
+        let (result, pending, extint) = {
             let mut l = lock(lapic);
             let result = f(&mut l);
-            (result, l.highest_pending().is_some())
+            (result, l.highest_pending().is_some(), l.accepts_pic_interrupts())
         };
-        if pending {
+        // Asked after the LAPIC lock is released: LAPIC and 8259 locks
+        // never nest.
+        if pending || (extint && self.extint_source().is_some_and(|pic| pic.has_interrupt())) {
             self.wake(cpu);
         }
         Some(result)

@@ -27,7 +27,7 @@ const CASCADE_IRQ: u8 = 2;
 
 /// The master's INT pin.
 pub trait PicOutput: Send + Sync {
-    /// INT went high (or stays high with a new request).
+    /// INT went high.
     fn intr_raised(&self);
 }
 
@@ -203,6 +203,8 @@ impl Chip {
 struct State {
     /// Master, slave.
     chips: [Chip; 2],
+    /// The master's INT output as last signalled.
+    int: bool,
 }
 
 impl State {
@@ -264,7 +266,7 @@ impl Default for Pic {
 
 impl Pic {
     pub fn new() -> Self {
-        Pic { state: Mutex::new(State { chips: [Chip::new(), Chip::new()] }), output: OnceLock::new() }
+        Pic { state: Mutex::new(State { chips: [Chip::new(), Chip::new()], int: false }), output: OnceLock::new() }
     }
 
     /// Connects the master's INT pin (once).
@@ -278,15 +280,19 @@ impl Pic {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `f` on the state, then signals INT (outside the lock: the
-    /// receiver takes LAPIC locks, and LAPIC holders call back into us).
+    /// Runs `f` on the state, then signals a rising INT (outside the lock:
+    /// the receiver takes LAPIC locks, and LAPIC holders call back into us).
+    /// While INT stays high the CPU keeps taking interrupts without prompts.
     fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
-        let (result, int) = {
+        let (result, rose) = {
             let mut state = self.lock();
             let result = f(&mut state);
-            (result, state.update())
+            let int = state.update();
+            let rose = int && !state.int;
+            state.int = int;
+            (result, rose)
         };
-        if int {
+        if rose {
             if let Some(out) = self.output.get().and_then(Weak::upgrade) {
                 out.intr_raised();
             }
@@ -323,7 +329,11 @@ impl Pic {
     /// and ELCR (0x4D0), each [`PIC_PORT_LEN`] wide.
     pub fn ports(self: &Arc<Self>) -> [(u64, Arc<dyn BusDevice>); 3] {
         let port = |kind| Arc::new(PicPort { pic: self.clone(), kind }) as Arc<dyn BusDevice>;
-        [(PIC_MASTER_PORT, port(PortKind::Master)), (PIC_SLAVE_PORT, port(PortKind::Slave)), (ELCR_PORT, port(PortKind::Elcr))]
+        [
+            (PIC_MASTER_PORT, port(PortKind::Master)),
+            (PIC_SLAVE_PORT, port(PortKind::Slave)),
+            (ELCR_PORT, port(PortKind::Elcr)),
+        ]
     }
 
     fn read_port(&self, kind: PortKind, offset: u64) -> u8 {
@@ -358,7 +368,9 @@ impl Pic {
         self.with_state(|s| {
             let chip = match kind {
                 PortKind::Elcr => {
-                    if let (Some(c), Some(mask)) = (s.chips.get_mut(offset as usize), ELCR_WRITABLE.get(offset as usize)) {
+                    if let (Some(c), Some(mask)) =
+                        (s.chips.get_mut(offset as usize), ELCR_WRITABLE.get(offset as usize))
+                    {
                         c.elcr = value & mask;
                     }
                     return;

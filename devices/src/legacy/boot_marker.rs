@@ -30,13 +30,7 @@ pub struct BootMarker {
 impl BootMarker {
     /// Markers are timed relative to `start` (the VMM's start).
     pub fn new(start: Instant) -> Self {
-        Self {
-            start,
-            state: Mutex::new(State {
-                markers: Vec::new(),
-                dropped: 0,
-            }),
-        }
+        Self { start, state: Mutex::new(State { markers: Vec::new(), dropped: 0 }) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -50,11 +44,7 @@ impl BootMarker {
 
     /// When `code` was first written, if it was.
     pub fn first_marker(&self, code: u8) -> Option<Duration> {
-        self.lock()
-            .markers
-            .iter()
-            .find(|(c, _)| *c == code)
-            .map(|(_, t)| *t)
+        self.lock().markers.iter().find(|(c, _)| *c == code).map(|(_, t)| *t)
     }
 
     /// Writes seen after [`MAX_MARKERS`] were stored.
@@ -97,10 +87,7 @@ mod tests {
         m.write(0, &[INIT_STARTED, 0, 0, 0]);
         m.write(0, &[1]);
         let all = m.markers();
-        assert_eq!(
-            all.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
-            [1, INIT_STARTED, 1]
-        );
+        assert_eq!(all.iter().map(|(c, _)| *c).collect::<Vec<_>>(), [1, INIT_STARTED, 1]);
         assert!(all[0].1 < all[1].1);
         assert_eq!(m.first_marker(1), Some(all[0].1));
         assert!(m.first_marker(INIT_STARTED).unwrap() >= Duration::from_millis(2));

@@ -92,14 +92,7 @@ impl DateTime {
     fn from_unix(secs: i64) -> Self {
         let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
         let sod = secs.rem_euclid(86_400);
-        Self {
-            year,
-            month,
-            day,
-            hour: (sod / 3600) as u8,
-            minute: (sod / 60 % 60) as u8,
-            second: (sod % 60) as u8,
-        }
+        Self { year, month, day, hour: (sod / 3600) as u8, minute: (sod / 60 % 60) as u8, second: (sod % 60) as u8 }
     }
 
     fn to_unix(self) -> i64 {
@@ -129,10 +122,7 @@ impl DateTime {
 /// Host UTC now: whole seconds and the nanoseconds into the current second.
 fn host_now() -> (i64, u32) {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(d) => (
-            i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2),
-            d.subsec_nanos(),
-        ),
+        Ok(d) => (i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2), d.subsec_nanos()),
         // A host clock before 1970: treat it as the epoch.
         Err(_) => (0, 0),
     }
@@ -179,8 +169,7 @@ impl State {
     }
 
     fn now(&self) -> DateTime {
-        self.frozen
-            .unwrap_or_else(|| DateTime::from_unix(host_now().0.saturating_add(self.offset)))
+        self.frozen.unwrap_or_else(|| DateTime::from_unix(host_now().0.saturating_add(self.offset)))
     }
 
     fn encode_hour(&self, hour: u8) -> u8 {
@@ -219,8 +208,7 @@ impl State {
             REG_YEAR => self.encode(now().year.rem_euclid(100) as u8),
             CENTURY_INDEX => self.encode(now().year.div_euclid(100).rem_euclid(100) as u8),
             REG_A => {
-                let updating =
-                    self.frozen.is_none() && host_now().1 >= 1_000_000_000 - UIP_WINDOW_NS;
+                let updating = self.frozen.is_none() && host_now().1 >= 1_000_000_000 - UIP_WINDOW_NS;
                 (self.ram[REG_A as usize] & !A_UIP) | if updating { A_UIP } else { 0 }
             }
             // No interrupt flags: no alarm, periodic or update interrupts.
@@ -263,8 +251,9 @@ impl State {
 
     fn write(&mut self, value: u8) {
         match self.index {
-            REG_SECONDS | REG_MINUTES | REG_HOURS | REG_DAY | REG_MONTH | REG_YEAR
-            | CENTURY_INDEX => self.write_time(self.index, value),
+            REG_SECONDS | REG_MINUTES | REG_HOURS | REG_DAY | REG_MONTH | REG_YEAR | CENTURY_INDEX => {
+                self.write_time(self.index, value)
+            }
             // The weekday is derived from the date.
             REG_WEEKDAY => {}
             REG_A => self.ram[REG_A as usize] = value & !A_UIP,
@@ -302,14 +291,7 @@ impl Cmos {
         let mut ram = [0u8; RAM_SIZE];
         ram[REG_A as usize] = A_DEFAULT;
         ram[REG_B as usize] = B_24H;
-        Self {
-            state: Mutex::new(State {
-                index: 0,
-                ram,
-                offset: 0,
-                frozen: None,
-            }),
-        }
+        Self { state: Mutex::new(State { index: 0, ram, offset: 0, frozen: None }) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -361,8 +343,7 @@ mod tests {
 
     /// Reads the clock the way Linux's `mc146818_get_time` does (BCD, 24 h).
     fn read_time(c: &Cmos) -> DateTime {
-        let year = i64::from(from_bcd(read_reg(c, CENTURY_INDEX))) * 100
-            + i64::from(from_bcd(read_reg(c, REG_YEAR)));
+        let year = i64::from(from_bcd(read_reg(c, CENTURY_INDEX))) * 100 + i64::from(from_bcd(read_reg(c, REG_YEAR)));
         DateTime {
             year,
             month: from_bcd(read_reg(c, REG_MONTH)),
@@ -383,10 +364,7 @@ mod tests {
             assert_eq!(days_from_civil(y, m, d), days);
         }
         let t = DateTime::from_unix(1_700_000_000);
-        assert_eq!(
-            (t.year, t.month, t.day, t.hour, t.minute, t.second),
-            (2023, 11, 14, 22, 13, 20)
-        );
+        assert_eq!((t.year, t.month, t.day, t.hour, t.minute, t.second), (2023, 11, 14, 22, 13, 20));
         assert_eq!(t.weekday(), 3); // a Tuesday
     }
 
@@ -448,14 +426,7 @@ mod tests {
         assert_eq!(read_reg(&c, REG_SECONDS), 0x30);
         write_reg(&c, REG_B, B_24H);
         let t = read_time(&c);
-        let want = DateTime {
-            year: 2024,
-            month: 2,
-            day: 29,
-            hour: 12,
-            minute: 45,
-            second: 30,
-        };
+        let want = DateTime { year: 2024, month: 2, day: 29, hour: 12, minute: 45, second: 30 };
         assert!((t.to_unix() - want.to_unix()).abs() <= 1, "{t:?}");
         assert_eq!(read_reg(&c, REG_WEEKDAY), 5); // a Thursday
     }

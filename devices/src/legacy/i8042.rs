@@ -1,4 +1,4 @@
-//! The i8042 PS/2 controller at ports 0x60-0x64, kept to what a microVM needs:
+//! The i8042 PS/2 controller at ports 0x60 and 0x64, kept to what a microVM needs:
 //! the reset line (command 0xFE) and answers to the probe commands so a guest
 //! that looks for a controller finds a quiet one at once instead of timing out.
 //!
@@ -7,6 +7,11 @@
 //! Linux gives up on it immediately (its AUX probe would otherwise wait 250 ms
 //! for an IRQ 12 that never comes). With our FADT not claiming an 8042, Linux
 //! under ACPI skips the probe entirely; all of this matters for `acpi=off`.
+//!
+//! Port 0x61 between them (system control port B) is not the i8042's: it
+//! gates PIT channel 2 and reads its output, so it lives with the PIT
+//! ([`crate::irqchip::Pit::port_b`]). Register the data port at 0x60 and
+//! [`I8042::command_port`] at 0x64, one port each.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -15,8 +20,6 @@ use crate::{BusDevice, ExitReason, VmExitSignal};
 
 /// Offset of the data port (0x60).
 pub const DATA_OFFSET: u64 = 0;
-/// Offset of system control port B (0x61), which sits inside our range.
-pub const PORT_B_OFFSET: u64 = 1;
 /// Offset of the command (write) / status (read) port (0x64).
 pub const COMMAND_OFFSET: u64 = 4;
 /// "Pulse output line 0" — the CPU reset line.
@@ -40,12 +43,10 @@ const CTR_XLATE: u8 = 0x40;
 const OUTPUT_PORT_RESET: u8 = 0x01;
 const OUTPUT_PORT_A20: u8 = 0x02;
 
-// Port B: bit 4 toggles with DRAM refresh, bit 5 is PIT channel 2's output.
-const PORT_B_WRITABLE: u8 = 0x0f;
-const PORT_B_REFRESH: u8 = 0x10;
-// Reading OUT2 as high makes PIT-based TSC calibration give up at once
-// instead of spinning: there is no PIT channel 2 behind this port.
-const PORT_B_OUT2: u8 = 0x20;
+/// What offsets other than the data and command ports read: an open ISA bus.
+/// Were the device still registered over 0x60-0x64, port 0x61 would read
+/// OUT2 (bit 5) high, so Linux's PIT calibration loop ends instead of spinning.
+const OPEN_BUS: u8 = 0xff;
 
 // Keyboard replies.
 const KBD_ACK: u8 = 0xFA;
@@ -70,7 +71,6 @@ enum DataTarget {
 struct State {
     ctr: u8,
     output_port: u8,
-    port_b: u8,
     /// Bytes for the guest; `true` marks bytes from the AUX channel.
     output: VecDeque<(u8, bool)>,
     last_data: u8,
@@ -178,11 +178,6 @@ impl State {
         }
         self.last_data
     }
-
-    fn read_port_b(&mut self) -> u8 {
-        self.port_b ^= PORT_B_REFRESH;
-        (self.port_b & (PORT_B_WRITABLE | PORT_B_REFRESH)) | PORT_B_OUT2
-    }
 }
 
 /// The i8042 controller; resets the VM through its [`VmExitSignal`].
@@ -200,7 +195,6 @@ impl I8042 {
                 // enabled, self-test passed, AUX disabled.
                 ctr: CTR_XLATE | CTR_SYSTEM_FLAG | CTR_KBD_INT | CTR_AUX_DISABLE,
                 output_port: OUTPUT_PORT_RESET | OUTPUT_PORT_A20,
-                port_b: 0,
                 output: VecDeque::new(),
                 last_data: 0,
                 next_data: DataTarget::Keyboard,
@@ -212,6 +206,30 @@ impl I8042 {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// The command/status port as a device of its own, for registering at
+    /// 0x64: the bus hands each range offsets from its own base.
+    pub fn command_port(self: &Arc<Self>) -> I8042CommandPort {
+        I8042CommandPort(self.clone())
+    }
+}
+
+/// Port 0x64 of an [`I8042`] registered separately from its data port.
+pub struct I8042CommandPort(Arc<I8042>);
+
+impl BusDevice for I8042CommandPort {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        match offset {
+            0 => self.0.read(COMMAND_OFFSET, data),
+            _ => data.fill(OPEN_BUS),
+        }
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) {
+        if offset == 0 {
+            self.0.write(COMMAND_OFFSET, data);
+        }
+    }
 }
 
 impl BusDevice for I8042 {
@@ -219,9 +237,8 @@ impl BusDevice for I8042 {
         let mut state = self.lock();
         let value = match offset {
             DATA_OFFSET => state.read_data(),
-            PORT_B_OFFSET => state.read_port_b(),
             COMMAND_OFFSET => state.status(),
-            _ => 0,
+            _ => OPEN_BUS,
         };
         if let Some((first, rest)) = data.split_first_mut() {
             *first = value;
@@ -235,10 +252,6 @@ impl BusDevice for I8042 {
             let mut state = self.lock();
             match offset {
                 DATA_OFFSET => state.data(value),
-                PORT_B_OFFSET => {
-                    state.port_b = (state.port_b & !PORT_B_WRITABLE) | (value & PORT_B_WRITABLE);
-                    false
-                }
                 COMMAND_OFFSET => state.command(value),
                 _ => false,
             }
@@ -332,14 +345,30 @@ mod tests {
     }
 
     #[test]
-    fn port_b_never_spins_a_pit_poller() {
+    fn port_0x61_is_not_ours() {
         let (d, _) = dev();
-        d.write(PORT_B_OFFSET, &[0x01]);
-        let a = rd(&d, PORT_B_OFFSET);
-        let b = rd(&d, PORT_B_OFFSET);
-        assert_eq!(a & 0x0f, 0x01);
-        assert_ne!(a & PORT_B_OUT2, 0);
-        assert_ne!(a & PORT_B_REFRESH, b & PORT_B_REFRESH);
+        // Still registered over 0x60-0x64, 0x61 reads as an open bus, whose
+        // bit 5 (OUT2) high keeps a PIT calibration loop from spinning.
+        d.write(1, &[0x01]);
+        assert_eq!(rd(&d, 1), OPEN_BUS);
+    }
+
+    #[test]
+    fn command_port_registered_on_its_own() {
+        let exit = Arc::new(VmExitSignal::new().unwrap());
+        let d = Arc::new(I8042::new(exit.clone()));
+        let cmd = d.command_port();
+        let mut b = [0u8];
+        cmd.read(0, &mut b);
+        assert_eq!(b[0] & STATUS_OUTPUT_FULL, 0);
+        cmd.write(0, &[0xaa]);
+        cmd.read(0, &mut b);
+        assert_ne!(b[0] & STATUS_OUTPUT_FULL, 0);
+        assert_eq!(rd(&d, DATA_OFFSET), 0x55);
+        cmd.read(1, &mut b);
+        assert_eq!(b[0], OPEN_BUS);
+        cmd.write(0, &[CMD_RESET_CPU]);
+        assert_eq!(exit.reason(), Some(ExitReason::Reset));
     }
 
     #[test]

@@ -52,10 +52,7 @@ struct RateLimitedWarn {
 impl RateLimitedWarn {
     fn warn(&mut self, msg: std::fmt::Arguments<'_>) {
         let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < WARN_INTERVAL)
-        {
+        if self.last.is_some_and(|t| now.duration_since(t) < WARN_INTERVAL) {
             self.suppressed += 1;
             return;
         }
@@ -93,12 +90,9 @@ impl Inner {
             Err(SerialError::Trigger(e)) => {
                 // The bytes are in the FIFO even though the interrupt failed.
                 self.pending.drain(..n);
-                self.io_warn
-                    .warn(format_args!("serial: failed to raise RX interrupt: {e}"));
+                self.io_warn.warn(format_args!("serial: failed to raise RX interrupt: {e}"));
             }
-            Err(e) => self
-                .io_warn
-                .warn(format_args!("serial: failed to queue input: {e}")),
+            Err(e) => self.io_warn.warn(format_args!("serial: failed to queue input: {e}")),
         }
     }
 
@@ -121,8 +115,7 @@ impl Inner {
         // vm-superio writes each THR byte to `out` and flushes it, so the
         // console stays interactive without extra work here.
         if let Err(e) = self.uart.write(offset, value) {
-            self.io_warn
-                .warn(format_args!("serial: write to register {offset}: {e}"));
+            self.io_warn.warn(format_args!("serial: write to register {offset}: {e}"));
         }
         // Leaving loopback mode lets held-back input into an empty FIFO.
         if !self.pending.is_empty() && self.uart.fifo_capacity() == FIFO_SIZE {
@@ -163,9 +156,7 @@ impl Serial {
         inner.pending.extend(kept);
         if !dropped.is_empty() {
             let n = dropped.len();
-            inner.input_warn.warn(format_args!(
-                "serial: guest is not reading input; dropped {n} bytes"
-            ));
+            inner.input_warn.warn(format_args!("serial: guest is not reading input; dropped {n} bytes"));
         }
         inner.fill_fifo();
     }

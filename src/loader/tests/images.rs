@@ -11,8 +11,7 @@ impl TempFile {
     pub fn new(name: &str, contents: &[u8]) -> Self {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("rxvmm-loader-{}-{n}-{name}", std::process::id()));
+        let path = std::env::temp_dir().join(format!("rxvmm-loader-{}-{n}-{name}", std::process::id()));
         std::fs::write(&path, contents).unwrap();
         TempFile(path)
     }
@@ -30,9 +29,7 @@ impl Drop for TempFile {
 
 /// A payload whose bytes say where they were: easy to find in guest memory.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed))
-        .collect()
+    (0..len).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed)).collect()
 }
 
 fn put(buf: &mut [u8], off: usize, bytes: &[u8]) {
@@ -141,15 +138,7 @@ fn note(name: &[u8], n_type: u32, desc: &[u8]) -> Vec<u8> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn phdr(
-    p_type: u32,
-    flags: u32,
-    offset: u64,
-    addr: u64,
-    filesz: u64,
-    memsz: u64,
-    align: u64,
-) -> Vec<u8> {
+fn phdr(p_type: u32, flags: u32, offset: u64, addr: u64, filesz: u64, memsz: u64, align: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(56);
     out.extend_from_slice(&p_type.to_le_bytes());
     out.extend_from_slice(&flags.to_le_bytes());
@@ -180,15 +169,7 @@ impl Elf {
             0x20_0000,
         );
         if !notes.is_empty() {
-            phdrs.extend(phdr(
-                4,
-                4,
-                note_offset as u64,
-                0,
-                notes.len() as u64,
-                notes.len() as u64,
-                4,
-            ));
+            phdrs.extend(phdr(4, 4, note_offset as u64, 0, notes.len() as u64, notes.len() as u64, 4));
         }
         let phnum = (phdrs.len() / 56) as u16;
 

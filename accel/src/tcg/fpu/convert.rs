@@ -3,7 +3,7 @@
 //! packed BCD (FBLD/FBSTP), and FRNDINT.
 
 use super::fsw;
-use super::softfloat::{increments, shr_jam, unpack, Class, Ctx, Rounding, F80, BIAS, TINY_AFTER_ROUNDING};
+use super::softfloat::{increments, shr_jam, unpack, Class, Ctx, Rounding, BIAS, F80, TINY_AFTER_ROUNDING};
 
 /// An IEEE binary format narrower than 80 bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

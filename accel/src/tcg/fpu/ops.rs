@@ -9,7 +9,7 @@
 
 use super::convert::{from_ieee, to_ieee, DOUBLE};
 use super::fsw;
-use super::softfloat::{norm_round_pack, propagate_nan, round_pack, unpack, Class, Ctx, Rounding, F80, BIAS};
+use super::softfloat::{norm_round_pack, propagate_nan, round_pack, unpack, Class, Ctx, Rounding, BIAS, F80};
 
 /// The result of a comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,7 +179,13 @@ pub fn scale(a: F80, b: F80, ctx: &mut Ctx) -> F80 {
         let ub = unpack(b);
         let e = ub.exp - BIAS;
         // Beyond ±2^17 every result over/underflows: clamp.
-        let mag = if e < 0 { 0 } else if e > 17 { 1 << 18 } else { (ub.sig >> (63 - e)) as i32 };
+        let mag = if e < 0 {
+            0
+        } else if e > 17 {
+            1 << 18
+        } else {
+            (ub.sig >> (63 - e)) as i32
+        };
         if b.sign() {
             -mag
         } else {
@@ -332,7 +338,13 @@ pub fn f2xm1(a: F80, ctx: &mut Ctx) -> F80 {
     }
     match a.class() {
         Class::Zero => a,
-        Class::Infinity => if a.sign() { F80::ONE.neg() } else { a },
+        Class::Infinity => {
+            if a.sign() {
+                F80::ONE.neg()
+            } else {
+                a
+            }
+        }
         _ => from_f64((to_f64(a) * std::f64::consts::LN_2).exp_m1(), ctx),
     }
 }

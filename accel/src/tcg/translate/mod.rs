@@ -21,7 +21,7 @@ mod sse;
 mod stack;
 mod string;
 mod system;
-mod x87;
+pub(crate) mod x87;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};

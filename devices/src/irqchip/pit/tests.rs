@@ -147,7 +147,7 @@ fn latch_and_read_back_commands() {
     io.outb(0x43, 0xb4); // channel 2, LSB/MSB, mode 2
     io.outb(0x42, 0xe8);
     io.outb(0x42, 0x03); // 1000
-    // Read-back: status of channel 2 (gate off holds OUT high).
+                         // Read-back: status of channel 2 (gate off holds OUT high).
     io.outb(0x43, 0xe8);
     assert_eq!(io.inb(0x42), 0x80 | 0x30 | 2 << 1);
     // Status and count latched together: status first.

@@ -2,5 +2,7 @@
 //! instructions run natively in the test process (`host`) on the same
 //! operands and the results, bit for bit, are compared.
 
+mod arith;
+mod compare;
 mod host;
 mod state;

@@ -52,7 +52,7 @@ impl Rng {
             0x3fc0_0000, // 1.5
             0x4f00_0000, // 2^31
             0xcf00_0000, // -2^31
-            0x4effffff, // just below 2^31
+            0x4effffff,  // just below 2^31
             0x5f00_0000, // 2^63
             0xdf00_0000, // -2^63
             0x0040_0000, // denormal
@@ -64,7 +64,11 @@ impl Rng {
             0..=2 => SPECIAL[(r >> 8) as usize % SPECIAL.len()],
             3 => (r >> 32) as u32 & 0x807f_ffff, // denormal or zero
             4 => ((r >> 32) as u32 & 0x8000_0000) | (((r >> 16) as u32 % 64 + 100) << 23) | (r as u32 & 0x7f_ffff), // near 1..2^40
-            5 => ((r >> 32) as u32 & 0x8000_0000) | ((r >> 16) as u32 % 0x200 << 23).min(0x7f00_0000) | 1, // small/large exponents
+            5 => {
+                // Tiny or huge exponents: denormal results, overflow.
+                let e = if r & 8 == 0 { (r >> 16) % 24 } else { 230 + (r >> 16) % 25 };
+                ((r >> 32) as u32 & 0x8000_0000) | ((e as u32) << 23) | (r as u32 >> 9)
+            }
             _ => (r >> 32) as u32,
         }
     }

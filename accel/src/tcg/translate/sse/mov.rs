@@ -54,7 +54,9 @@ pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
     use Mnemonic as M;
     let to_mem = is_memory(insn, 0);
     match insn.mnemonic() {
-        M::Movaps | M::Movapd | M::Movdqa | M::Movntps | M::Movntpd | M::Movntdq if to_mem => store(b, insn, 16, 0, true),
+        M::Movaps | M::Movapd | M::Movdqa | M::Movntps | M::Movntpd | M::Movntdq if to_mem => {
+            store(b, insn, 16, 0, true)
+        }
         M::Movups | M::Movupd | M::Movdqu if to_mem => store(b, insn, 16, 0, false),
         M::Movaps | M::Movapd | M::Movdqa | M::Movups | M::Movupd | M::Movdqu => xmm_op(b, insn, &h::MOV),
         // Scalar moves: a load zero-extends, a register move merges.

@@ -8,7 +8,9 @@
 //! blocks translated with both clear carry no check; otherwise each
 //! instruction starts with a call that raises #NM/#UD per its class.
 
+pub(crate) mod arith;
 mod control;
+mod env;
 mod mem;
 
 use iced_x86::{Instruction, Mnemonic};
@@ -24,26 +26,28 @@ use crate::tcg::state::hflags;
 /// Whether `m` belongs to this module.
 pub(super) fn handles(m: Mnemonic) -> bool {
     use Mnemonic as M;
-    matches!(
-        m,
-        M::Fninit
-            | M::Finit
-            | M::Fnclex
-            | M::Fclex
-            | M::Fnstsw
-            | M::Fstsw
-            | M::Fnstcw
-            | M::Fstcw
-            | M::Fldcw
-            | M::Wait
-            | M::Emms
-            | M::Ldmxcsr
-            | M::Stmxcsr
-            | M::Fxsave
-            | M::Fxsave64
-            | M::Fxrstor
-            | M::Fxrstor64
-    )
+    arith::handles(m)
+        || env::handles(m)
+        || matches!(
+            m,
+            M::Fninit
+                | M::Finit
+                | M::Fnclex
+                | M::Fclex
+                | M::Fnstsw
+                | M::Fstsw
+                | M::Fnstcw
+                | M::Fstcw
+                | M::Fldcw
+                | M::Wait
+                | M::Emms
+                | M::Ldmxcsr
+                | M::Stmxcsr
+                | M::Fxsave
+                | M::Fxsave64
+                | M::Fxrstor
+                | M::Fxrstor64
+        )
 }
 
 /// The availability rules `m` follows.
@@ -63,7 +67,13 @@ pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
         let class = b.movi(device_class(m) as u64);
         b.call(&CHECK_DEVICE, &[class]);
     }
-    control::lower(b, insn)
+    if arith::handles(m) {
+        arith::lower(b, insn)
+    } else if env::handles(m) {
+        env::lower(b, insn)
+    } else {
+        control::lower(b, insn)
+    }
 }
 
 /// `args`: [`DeviceClass`].
