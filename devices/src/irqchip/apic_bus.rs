@@ -218,7 +218,7 @@ impl ApicBus {
     }
 
     /// IA32_APIC_BASE write; the result says which mode change it made (the
-    /// vCPU mirrors EN in CPUID.1:EDX[9] and EXTD in its MSR routing).
+    /// vCPU mirrors EN in `CPUID.1:EDX[9]` and EXTD in its MSR routing).
     pub fn set_apic_base(&self, cpu: u8, value: u64) -> Result<ApicBaseChange, ApicError> {
         self.with_lapic(cpu, |l| l.set_apic_base(value)).ok_or(ApicError::NoSuchCpu(cpu))?
     }
@@ -230,12 +230,12 @@ impl ApicBus {
         self.with_lapic(cpu, |l| l.set_tsc_deadline(tsc)).ok_or(ApicError::NoSuchCpu(cpu))
     }
 
-    /// CR8 reads: TPR[7:4] (SDM §11.8.6.1).
+    /// CR8 reads: `TPR[7:4]` (SDM §11.8.6.1).
     pub fn cr8(&self, cpu: u8) -> u64 {
         self.lapic(cpu).map_or(0, |l| u64::from(l.tpr() >> 4))
     }
 
-    /// MOV to CR8: TPR = CR8[3:0] << 4 (the vCPU #GPs on bits 63:4 first).
+    /// MOV to CR8: TPR = `CR8[3:0]` << 4 (the vCPU #GPs on bits 63:4 first).
     pub fn set_cr8(&self, cpu: u8, value: u64) {
         self.with_lapic(cpu, |l| l.set_tpr(((value & 0xf) << 4) as u8));
     }

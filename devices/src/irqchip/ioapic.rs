@@ -46,7 +46,8 @@ struct State {
     lines: u32,
 }
 
-/// The IOAPIC, a [`BusDevice`] at [`crate::irqchip`]'s 0xFEC0_0000.
+/// The IOAPIC: a [`BusDevice`] for its MMIO window at 0xFEC0_0000
+/// ([`IOAPIC_MMIO_SIZE`] bytes).
 pub struct Ioapic {
     apic_bus: Arc<ApicBus>,
     state: Mutex<State>,

@@ -292,7 +292,7 @@ impl Lapic {
         self.tpr
     }
 
-    /// TPR write (also MOV to CR8, which writes TPR[7:4]).
+    /// TPR write (also MOV to CR8, which writes `TPR[7:4]`).
     pub fn set_tpr(&mut self, tpr: u8) {
         self.tpr = tpr;
     }
