@@ -56,7 +56,7 @@ fn kernel_that_is_not_a_kernel() {
 
 #[test]
 fn truncated_bzimage() {
-    let (kernel, _) = default_guest();
+    let kernel = &default_guest().kernel;
     let bytes = std::fs::read(kernel).expect("read bzImage");
     let k = file_with("truncated-bzImage", &bytes[..bytes.len() / 3]);
     fails_with(&["--accel", tcg_or_kvm(), "--kernel", &k], "truncated-bzImage");
@@ -71,7 +71,7 @@ fn truncated_elf() {
 
 #[test]
 fn initrd_larger_than_memory() {
-    let (kernel, _) = default_guest();
+    let kernel = &default_guest().kernel;
     let initrd = scratch_dir().join("huge-initrd");
     let f = std::fs::File::create(&initrd).expect("create initrd");
     f.set_len(200 << 20).expect("size initrd");

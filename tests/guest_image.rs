@@ -6,49 +6,11 @@
 //! the first time; later runs reuse `resources/cache/`).
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::process::Command;
 
-// ---------------------------------------------------------------------------
-// Fixture (to be moved to tests/common/).
+mod common;
 
-/// The default guest: kernel and initramfs paths, plus the output dir holding
-/// `kernel.release` and `modules.builtin`.
-#[derive(Debug, Clone)]
-pub struct GuestImage {
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    pub dir: PathBuf,
-}
-
-/// Builds the default guest (or reuses the cached one) and returns its paths.
-/// The script is idempotent and serialises concurrent runs with flock, so any
-/// test may call this; within one process it runs only once.
-pub fn guest_image() -> &'static GuestImage {
-    static IMAGE: OnceLock<GuestImage> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("resources/build-guest.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{} failed ({}): {stdout}", script.display(), out.status);
-        // Last stdout line: "<dir>/bzImage <dir>/initrd.img" (split on the
-        // fixed file name so that spaces in the directory do not matter).
-        let line = stdout.lines().last().expect("build-guest.sh printed nothing");
-        let (kernel, initrd) = line
-            .split_once("/bzImage ")
-            .map(|(dir, initrd)| (format!("{dir}/bzImage"), initrd))
-            .unwrap_or_else(|| panic!("unexpected build-guest.sh output: {line:?}"));
-        let kernel = PathBuf::from(kernel);
-        let dir = kernel.parent().unwrap().to_path_buf();
-        GuestImage { kernel, initrd: PathBuf::from(initrd), dir }
-    })
-}
+use common::default_guest as guest_image;
 
 // ---------------------------------------------------------------------------
 // newc cpio reader.

@@ -21,18 +21,40 @@ pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The default guest (kernel, initrd), built by `resources/build-guest.sh`
-/// once per test process; the script itself is idempotent and locked.
-pub fn default_guest() -> &'static (PathBuf, PathBuf) {
-    static GUEST: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    GUEST.get_or_init(|| {
-        let status = Command::new(repo_root().join("resources/build-guest.sh"))
-            .stdout(Stdio::null())
-            .status()
-            .expect("run resources/build-guest.sh");
-        assert!(status.success(), "resources/build-guest.sh failed: {status}");
-        let dir = repo_root().join("resources/cache/guest");
-        (dir.join("bzImage"), dir.join("initrd.img"))
+/// The default guest: kernel and initramfs paths, plus the output dir holding
+/// `kernel.release` and `modules.builtin`.
+#[derive(Debug, Clone)]
+pub struct GuestImage {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub dir: PathBuf,
+}
+
+/// Builds the default guest with `resources/build-guest.sh` (or reuses the
+/// cached one) once per test process. The script is idempotent and
+/// serialises concurrent runs with flock, so any test binary may call this.
+pub fn default_guest() -> &'static GuestImage {
+    static IMAGE: OnceLock<GuestImage> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let script = repo_root().join("resources/build-guest.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{} failed ({}): {stdout}", script.display(), out.status);
+        // Last stdout line: "<dir>/bzImage <dir>/initrd.img" (split on the
+        // fixed file name so that spaces in the directory do not matter).
+        let line = stdout.lines().last().expect("build-guest.sh printed nothing");
+        let (kernel, initrd) = line
+            .split_once("/bzImage ")
+            .map(|(dir, initrd)| (format!("{dir}/bzImage"), initrd))
+            .unwrap_or_else(|| panic!("unexpected build-guest.sh output: {line:?}"));
+        let kernel = PathBuf::from(kernel);
+        let dir = kernel.parent().expect("bzImage has a parent dir").to_path_buf();
+        GuestImage { kernel, initrd: PathBuf::from(initrd), dir }
     })
 }
 
