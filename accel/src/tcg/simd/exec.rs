@@ -44,8 +44,8 @@ pub fn check_sse(state: &X86State) -> Result<()> {
 /// must not complete: returns #XM (CR4.OSXMMEXCPT set) or #UD, with the
 /// flags the hardware reports — only the pre-computation ones (IE, DE, ZE)
 /// when one of those is unmasked, since the operation is then not
-/// performed. Approximation: flags come from a masked run, so an unmasked
-/// UE on an exact tiny result (which hardware also flags) is not raised.
+/// performed. (Operations that can overflow or underflow already report
+/// the unmasked OE/UE/PE rules through [`super::post`].)
 pub fn settle(state: &mut X86State, flags: u32) -> Result<()> {
     let flags = flags & FLAGS;
     let mx = state.fpu.mxcsr;

@@ -19,6 +19,9 @@ pub const F32: Format = Format { width: 32, mant: 23 };
 pub const F64: Format = Format { width: 64, mant: 52 };
 
 impl Format {
+    pub fn width(self) -> u32 {
+        self.width
+    }
     fn sign(self) -> u64 {
         1 << (self.width - 1)
     }
@@ -37,6 +40,45 @@ impl Format {
     pub fn is_denormal(self, x: u64) -> bool {
         x & self.exp_mask() == 0 && x & self.mant_mask() != 0
     }
+    pub fn is_zero(self, x: u64) -> bool {
+        x & !self.sign() == 0
+    }
+    fn bias(self) -> i32 {
+        (1 << (self.width - self.mant - 2)) - 1
+    }
+    /// The unbiased exponent of a finite non-zero `x` (denormals as if
+    /// normalised); `i32::MIN / 2` for zero.
+    pub fn exponent(self, x: u64) -> i32 {
+        let m = x & self.mant_mask();
+        match ((x & self.exp_mask()) >> self.mant) as i32 {
+            0 if m == 0 => i32::MIN / 2,
+            0 => 1 - self.bias() - (m.leading_zeros() as i32 - (63 - self.mant as i32)),
+            e => e - self.bias(),
+        }
+    }
+    /// `x` (finite) with its significand kept and its unbiased exponent set
+    /// to `e`, denormalised below the normal range; also whether that lost
+    /// significand bits (a zero stays zero).
+    pub fn with_exponent(self, x: u64, e: i32) -> (u64, bool) {
+        let sign = x & self.sign();
+        if self.is_zero(x) {
+            return (sign, false);
+        }
+        // The significand with its leading one at bit `mant`.
+        let m = x & self.mant_mask();
+        let sig =
+            if x & self.exp_mask() == 0 { m << (m.leading_zeros() - (63 - self.mant)) } else { m | (1 << self.mant) };
+        let biased = e + self.bias();
+        if biased >= 1 {
+            let biased = biased.min((1 << (self.width - self.mant - 1)) - 2) as u64;
+            return (sign | (biased << self.mant) | (sig & self.mant_mask()), false);
+        }
+        let shift = (1 - biased) as u32;
+        if shift > self.mant + 1 {
+            return (sign, true);
+        }
+        (sign | (sig >> shift), sig & ((1 << shift) - 1) != 0)
+    }
     /// The value as f64 (exact for both formats); not for NaNs.
     fn value(self, x: u64) -> f64 {
         if self.width == 32 {
@@ -45,10 +87,10 @@ impl Format {
             f64::from_bits(x)
         }
     }
-    fn lane(self, v: u128, i: u32) -> u64 {
+    pub fn lane(self, v: u128, i: u32) -> u64 {
         ((v >> (i * self.width)) as u64) & (u64::MAX >> (64 - self.width))
     }
-    fn lanes(self) -> u32 {
+    pub fn lanes(self) -> u32 {
         128 / self.width
     }
 }

@@ -7,8 +7,23 @@
 //! (`SYSTEM`) and write the FPU state; COMIS also writes the flags.
 
 use super::exec::{self, run_flags, run_value, run_xmm};
-use super::float::{self, F32, F64};
+use super::float::{self, Format, F32, F64};
+use super::post::{self, Kind, Shape};
 use super::{host, int, shuffle};
+
+const fn shape(kind: Kind, input: Format, elements: u32, output: Format) -> Shape {
+    Shape { kind, input, elements, output }
+}
+const ADD_PS: Shape = shape(Kind::AddSub, F32, 4, F32);
+const ADD_PD: Shape = shape(Kind::AddSub, F64, 2, F64);
+const ADD_SS: Shape = shape(Kind::AddSub, F32, 1, F32);
+const ADD_SD: Shape = shape(Kind::AddSub, F64, 1, F64);
+const MUL_PS: Shape = shape(Kind::MulDiv, F32, 4, F32);
+const MUL_PD: Shape = shape(Kind::MulDiv, F64, 2, F64);
+const MUL_SS: Shape = shape(Kind::MulDiv, F32, 1, F32);
+const MUL_SD: Shape = shape(Kind::MulDiv, F64, 1, F64);
+const SD_TO_SS: Shape = shape(Kind::Convert, F64, 1, F32);
+const PD_TO_PS: Shape = shape(Kind::Convert, F64, 2, F32);
 use crate::tcg::ir::{Helper, HelperFn, StateParts};
 
 const FLAGS_AND_SYSTEM: StateParts = StateParts::FLAGS.union(StateParts::SYSTEM);
@@ -21,19 +36,22 @@ const fn helper(name: &'static str, func: HelperFn, writes: StateParts) -> Helpe
 /// - `int`: `f(dst, src) -> dst` (no MXCSR),
 /// - `imm`: `f(dst, src, imm8) -> dst` (no MXCSR),
 /// - `fp`: `f(dst, src, mxcsr) -> (dst, flags)`,
+/// - `post f, SHAPE`: an `fp` operation that can overflow or underflow
+///   ([`post::run`] with its [`Shape`]),
 /// - `cvt`: `f(dst, src_value_u64, mxcsr) -> (dst, flags)` (integer source),
 /// - `count`: `f(dst, count_u64) -> dst` (shifts: the source's low qword).
 macro_rules! xmm_helpers {
-    ($($stat:ident: $name:literal => $kind:ident $f:expr;)*) => {$(
+    ($($stat:ident: $name:literal => $kind:ident $f:expr $(, $shape:ident)?;)*) => {$(
         pub static $stat: Helper = helper(
             $name,
-            |ctx, args| run_xmm(ctx, args, xmm_helpers!(@op $kind $f)),
+            |ctx, args| run_xmm(ctx, args, xmm_helpers!(@op $kind $f $(, $shape)?)),
             StateParts::SYSTEM,
         );
     )*};
     (@op int $f:expr) => { |a, b, _, _| ($f(a, b), 0) };
     (@op imm $f:expr) => { |a, b, i, _| ($f(a, b, i), 0) };
     (@op fp $f:expr) => { |a, b, _, m| $f(a, b, m) };
+    (@op post $f:expr, $shape:ident) => { |a, b, _, m| post::run($f, $shape, a, b, m) };
     (@op cvt $f:expr) => { |a, b, _, m| $f(a, b as u64, m) };
     (@op count $f:expr) => { |a, b, _, _| ($f(a, b as u64), 0) };
     (@op raw $f:expr) => { $f };
@@ -132,22 +150,22 @@ xmm_helpers! {
     ZEXT32: "zext32" => int |_, b| shuffle::zext32(b);
     ZEXT64: "zext64" => int |_, b| shuffle::zext64(b);
     // Floating point (host instruction, guest MXCSR).
-    ADDPS: "addps" => fp host::addps;
-    ADDPD: "addpd" => fp host::addpd;
-    ADDSS: "addss" => fp host::addss;
-    ADDSD: "addsd" => fp host::addsd;
-    SUBPS: "subps" => fp host::subps;
-    SUBPD: "subpd" => fp host::subpd;
-    SUBSS: "subss" => fp host::subss;
-    SUBSD: "subsd" => fp host::subsd;
-    MULPS: "mulps" => fp host::mulps;
-    MULPD: "mulpd" => fp host::mulpd;
-    MULSS: "mulss" => fp host::mulss;
-    MULSD: "mulsd" => fp host::mulsd;
-    DIVPS: "divps" => fp host::divps;
-    DIVPD: "divpd" => fp host::divpd;
-    DIVSS: "divss" => fp host::divss;
-    DIVSD: "divsd" => fp host::divsd;
+    ADDPS: "addps" => post host::addps, ADD_PS;
+    ADDPD: "addpd" => post host::addpd, ADD_PD;
+    ADDSS: "addss" => post host::addss, ADD_SS;
+    ADDSD: "addsd" => post host::addsd, ADD_SD;
+    SUBPS: "subps" => post host::subps, ADD_PS;
+    SUBPD: "subpd" => post host::subpd, ADD_PD;
+    SUBSS: "subss" => post host::subss, ADD_SS;
+    SUBSD: "subsd" => post host::subsd, ADD_SD;
+    MULPS: "mulps" => post host::mulps, MUL_PS;
+    MULPD: "mulpd" => post host::mulpd, MUL_PD;
+    MULSS: "mulss" => post host::mulss, MUL_SS;
+    MULSD: "mulsd" => post host::mulsd, MUL_SD;
+    DIVPS: "divps" => post host::divps, MUL_PS;
+    DIVPD: "divpd" => post host::divpd, MUL_PD;
+    DIVSS: "divss" => post host::divss, MUL_SS;
+    DIVSD: "divsd" => post host::divsd, MUL_SD;
     MINPS: "minps" => fp host::minps;
     MINPD: "minpd" => fp host::minpd;
     MINSS: "minss" => fp host::minss;
@@ -165,7 +183,7 @@ xmm_helpers! {
     RSQRTPS: "rsqrtps" => fp host::rsqrtps;
     RSQRTSS: "rsqrtss" => fp host::rsqrtss;
     CVTSS2SD: "cvtss2sd" => fp host::cvtss2sd;
-    CVTSD2SS: "cvtsd2ss" => fp host::cvtsd2ss;
+    CVTSD2SS: "cvtsd2ss" => post host::cvtsd2ss, SD_TO_SS;
     CVTDQ2PS: "cvtdq2ps" => fp host::cvtdq2ps;
     CVTPS2DQ: "cvtps2dq" => fp host::cvtps2dq;
     CVTTPS2DQ: "cvttps2dq" => fp host::cvttps2dq;
@@ -173,7 +191,7 @@ xmm_helpers! {
     CVTPD2DQ: "cvtpd2dq" => fp host::cvtpd2dq;
     CVTTPD2DQ: "cvttpd2dq" => fp host::cvttpd2dq;
     CVTPS2PD: "cvtps2pd" => fp host::cvtps2pd;
-    CVTPD2PS: "cvtpd2ps" => fp host::cvtpd2ps;
+    CVTPD2PS: "cvtpd2ps" => post host::cvtpd2ps, PD_TO_PS;
     CVTSI2SS32: "cvtsi2ss32" => cvt host::cvtsi2ss32;
     CVTSI2SS64: "cvtsi2ss64" => cvt host::cvtsi2ss64;
     CVTSI2SD32: "cvtsi2sd32" => cvt host::cvtsi2sd32;

@@ -23,6 +23,8 @@
 //!   RCPPS/RSQRTPS are the host's approximation: Intel's on an Intel host;
 //!   an AMD host would give AMD's (different, within the same 1.5·2⁻¹²
 //!   error bound).
+//! - [`post`]: the per-element flag rules of unmasked overflow/underflow
+//!   (found and checked against the host's own #XM behaviour).
 //! - [`exec`]: the helpers' shared work: CR0/CR4 checks, operand fetch
 //!   (alignment #GP, 16-byte accesses), MXCSR flag accumulation and
 //!   unmasked-exception delivery (#XM, or #UD without CR4.OSXMMEXCPT).
@@ -33,6 +35,7 @@ pub mod float;
 pub mod helpers;
 pub mod host;
 pub mod int;
+pub mod post;
 pub mod shuffle;
 
 #[cfg(test)]

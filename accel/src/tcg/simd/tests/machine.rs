@@ -33,7 +33,7 @@ pub struct Regs {
     /// Only the arithmetic flags are loaded and compared.
     pub rflags: u64,
     pub mxcsr: u32,
-    host_mxcsr: u32,
+    pub host_mxcsr: u32,
 }
 
 impl Regs {
@@ -107,16 +107,22 @@ impl HostStub {
     pub fn run(&self, regs: &mut Regs, data: &mut Data, rsi_offset: usize) {
         assert_eq!(regs.mxcsr & 0x1f80, 0x1f80, "host runs need masked exceptions");
         assert!(rsi_offset <= 32);
+        self.run_raw(regs, data, rsi_offset);
+        regs.rflags &= crate::tcg::state::rflags::ARITH;
+        regs.host_mxcsr = 0;
+    }
+
+    /// [`HostStub::run`] without checks or allocation (for a forked child
+    /// whose SIGFPE handler skips a trapping instruction); `rsi_offset` <= 32.
+    pub fn run_raw(&self, regs: &mut Regs, data: &mut Data, rsi_offset: usize) {
         // SAFETY: the mapping holds the stub assembled in `new`, which only
         // reads and writes `*regs` and, through RSI, at most 16 bytes of
         // `data` from `rsi_offset` (the instruction forms under test), and
         // restores RBX, MXCSR and RSP before returning.
         unsafe {
             let f: extern "C" fn(*mut Regs, *mut u8) = std::mem::transmute(self.code);
-            f(regs, data.0.as_mut_ptr().add(rsi_offset));
+            f(regs, data.0.as_mut_ptr().add(rsi_offset.min(32)));
         }
-        regs.rflags &= crate::tcg::state::rflags::ARITH;
-        regs.host_mxcsr = 0;
     }
 }
 
@@ -222,6 +228,7 @@ pub fn run_code(state: &mut X86State, mem: &mut Flat, code: &[u8]) -> TbExit {
         code_pages: &code_pages,
         cpu_id: 0,
         vcpus: 1,
+        apic: None,
     };
     execute(&mut ctx, tb.ops(), tb.label_pos(), &mut temps)
 }

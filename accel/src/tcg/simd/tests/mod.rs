@@ -1,12 +1,14 @@
 //! SSE/SSE2 against the host CPU: every implemented instruction form is
 //! run natively and through the whole TCG pipeline (decode, lowering,
-//! helpers, interpreter) on the same random inputs (`vs_host`), plus the
-//! rules a host comparison can't reach (`rules`: CR0/CR4 faults,
-//! alignment, unmasked exceptions, precise page-crossing stores, and the
-//! string MOVSD/CMPSD still being string instructions).
+//! helpers, interpreter) on the same random inputs (`vs_host`); unmasked
+//! exceptions against the host's own #XM in a forked child (`unmasked`);
+//! and the rules a host comparison can't reach (`rules`: CR0/CR4 faults,
+//! alignment, precise page-crossing accesses, MASKMOVDQU, and the string
+//! MOVSD/CMPSD still being string instructions).
 
 mod machine;
 mod rules;
+mod unmasked;
 mod vs_host;
 
 /// xorshift64 with a fixed seed: every run sees the same cases.

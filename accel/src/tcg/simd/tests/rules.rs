@@ -230,3 +230,27 @@ fn string_movsd_and_cmpsd_stay_string_instructions() {
     assert_ne!(flags::rflags(&s) & rf::ZF, 0, "equal dwords");
     assert_eq!(s.gpr[reg::RSI], DATA + 4);
 }
+
+#[test]
+fn legacy_32bit_mode_operands() {
+    let mut s = long_mode();
+    s.efer = 0;
+    s.segs[crate::tcg::state::seg::CS].attr = 0x9b | crate::tcg::state::SegmentCache::ATTR_DB;
+    s.recompute_hflags();
+    s.gpr[reg::RSI] = 0xffff_ffff_0000_0000 | DATA; // only ESI counts
+    s.gpr[reg::RCX] = 0xdead_beef_0000_0007;
+    s.fpu.xmm[1] = F32_ONE;
+    let mut mem = Flat::new();
+    mem.0[DATA as usize..DATA as usize + 4].copy_from_slice(&0x4000_0000u32.to_le_bytes());
+    let mut a = CodeAssembler::new(32).unwrap();
+    a.addss(xmm1, dword_ptr(esi)).unwrap();
+    a.cvtsi2sd(xmm2, ecx).unwrap();
+    a.movdqu(xmmword_ptr(esi + 16), xmm1).unwrap();
+    a.cvttss2si(eax, xmm1).unwrap();
+    let code = a.assemble(CODE).unwrap();
+    assert_eq!(fault(&mut s, &mut mem, &code), None);
+    assert_eq!(s.fpu.xmm[1] as u32, 0x4040_0000, "1 + 2");
+    assert_eq!(s.fpu.xmm[2] as u64, 7f64.to_bits());
+    assert_eq!(mem.0[DATA as usize + 16..DATA as usize + 20], 0x4040_0000u32.to_le_bytes());
+    assert_eq!(s.gpr[reg::RAX], 3);
+}
