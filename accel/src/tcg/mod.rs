@@ -22,8 +22,11 @@
 //! - `system`: helpers for system instructions (CR/DR/MSR moves, descriptor
 //!   table loads, CPUID table, RDTSC, SYSCALL/SYSRET, HLT…).
 //! - `tb_cache`: translation blocks keyed by physical PC + hflags.
+//! - `apic`: a vCPU's side of the emulated interrupt controllers and timers
+//!   (`devices::irqchip`): LAPIC page and MSRs, CR8, timers, interrupts.
 //! - `vcpu`, `vm`: the `Accelerator`/`Vm`/`Vcpu` implementation.
 
+pub mod apic;
 pub mod context;
 pub mod exception;
 pub mod flags;
@@ -64,6 +67,12 @@ pub enum TcgError {
     /// A GSI the interrupt controller has no pin for.
     #[error("GSI {0} is not routed (pins 0 to 23)")]
     Gsi(u32),
+    /// vCPU `id` was created twice.
+    #[error("vCPU {0} already exists")]
+    VcpuExists(u8),
+    /// The emulated interrupt controllers could not be built.
+    #[error("interrupt controllers: {0}")]
+    IrqChip(#[source] devices::irqchip::IrqChipError),
     /// An ioeventfd could not be duplicated.
     #[error("duplicating an ioeventfd")]
     EventFd(#[source] std::io::Error),

@@ -33,32 +33,29 @@ impl Ieee {
     }
 }
 
-/// FLD m32/m64: exact; an SNaN raises IE and is quieted, a denormal
-/// raises DE.
-pub fn from_ieee(bits: u64, fmt: Ieee, ctx: &mut Ctx) -> F80 {
+/// An m32/m64 operand widened exactly: NaNs keep their payload and
+/// quiet bit (SNaNs stay signaling); the flag tells whether the source
+/// was a denormal (DE is raised by the operation that uses it).
+pub fn from_ieee(bits: u64, fmt: Ieee) -> (F80, bool) {
     let sign = bits & fmt.sign_bit() != 0;
     let e = (bits >> fmt.frac) & fmt.max_exp();
     let f = bits & ((1u64 << fmt.frac) - 1);
     let shift = 63 - fmt.frac;
     if e == fmt.max_exp() {
         if f == 0 {
-            return F80::inf(sign);
+            return (F80::inf(sign), false);
         }
-        if f >> (fmt.frac - 1) == 0 {
-            ctx.raise(fsw::IE);
-        }
-        return F80::new(sign, 0x7fff, (1 << 63) | (1 << 62) | (f << shift));
+        return (F80::new(sign, 0x7fff, (1 << 63) | (f << shift)), false);
     }
     if e == 0 {
         if f == 0 {
-            return F80::zero(sign);
+            return (F80::zero(sign), false);
         }
-        ctx.raise(fsw::DE);
         let lz = (f << shift).leading_zeros();
         let exp = BIAS - fmt.bias() + 1 - lz as i32;
-        return F80::new(sign, exp as u16, (f << shift) << lz);
+        return (F80::new(sign, exp as u16, (f << shift) << lz), true);
     }
-    F80::new(sign, (e as i32 - fmt.bias() + BIAS) as u16, (1 << 63) | (f << shift))
+    (F80::new(sign, (e as i32 - fmt.bias() + BIAS) as u16, (1 << 63) | (f << shift)), false)
 }
 
 /// FST m32/m64: rounds to the format with RC (PC does not apply).
@@ -80,8 +77,8 @@ pub fn to_ieee(x: F80, fmt: Ieee, ctx: &mut Ctx) -> u64 {
         }
         Class::Infinity => return inf,
         Class::Zero => return sign_bits,
-        Class::Denormal => ctx.raise(fsw::DE),
-        Class::Normal => {}
+        // No DE: a denormal source only underflows.
+        Class::Denormal | Class::Normal => {}
     }
     let u = unpack(x);
     let prec = fmt.frac + 1;
@@ -97,14 +94,16 @@ pub fn to_ieee(x: F80, fmt: Ieee, ctx: &mut Ctx) -> u64 {
         } else {
             true
         };
+        if tiny && ctx.underflow_unmasked {
+            // Unmasked UE on a store: nothing is stored, only UE is flagged.
+            ctx.raise(fsw::UE);
+            return 0;
+        }
         m = shr_jam(m, (1 - e).min(200) as u32);
         e = 0;
     }
     let (mut kept, rest) = (m >> drop, m & mask);
-    if rest != 0 {
-        ctx.raise(fsw::PE);
-    }
-    if tiny && (rest != 0 || ctx.underflow_unmasked) {
+    if tiny && rest != 0 {
         ctx.raise(fsw::UE);
     }
     if increments(ctx.rc, x.sign(), kept, rest, drop) {
@@ -118,6 +117,12 @@ pub fn to_ieee(x: F80, fmt: Ieee, ctx: &mut Ctx) -> u64 {
         e = 1;
     }
     if e >= fmt.max_exp() as i32 {
+        if ctx.overflow_unmasked {
+            // As for UE: no store, only OE, C1 clear.
+            ctx.raise(fsw::OE);
+            ctx.rounded_up = false;
+            return 0;
+        }
         ctx.raise(fsw::OE | fsw::PE);
         let to_inf = match ctx.rc {
             Rounding::Nearest => true,
@@ -127,6 +132,9 @@ pub fn to_ieee(x: F80, fmt: Ieee, ctx: &mut Ctx) -> u64 {
         };
         ctx.rounded_up = to_inf;
         return if to_inf { inf } else { inf - 1 };
+    }
+    if rest != 0 {
+        ctx.raise(fsw::PE);
     }
     let frac = (kept as u64) & ((1 << fmt.frac) - 1);
     sign_bits | ((e as u64) << fmt.frac) | frac
@@ -169,7 +177,7 @@ pub fn to_int(x: F80, bits: u32, truncate: bool, ctx: &mut Ctx) -> u64 {
             ctx.raise(fsw::IE);
             return indefinite;
         }
-        Class::Denormal => ctx.raise(fsw::DE),
+        // No DE for a denormal source: it just rounds (PE).
         _ => {}
     }
     let rc = if truncate { Rounding::Zero } else { ctx.rc };
@@ -248,7 +256,6 @@ pub fn to_bcd(x: F80, ctx: &mut Ctx) -> [u8; 10] {
             ctx.raise(fsw::IE);
             return INDEFINITE;
         }
-        Class::Denormal => ctx.raise(fsw::DE),
         _ => {}
     }
     let (mag, inexact, inc) = round_to_integer(x, ctx.rc);

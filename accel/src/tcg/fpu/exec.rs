@@ -13,6 +13,7 @@ use super::convert::{self, DOUBLE, SINGLE};
 use super::ops::{self, Constant, Relation};
 use super::softfloat::{self as sf, Ctx, F80};
 use super::stack::{self, C1};
+use super::transcendental as tr;
 use super::{fsw, update_summary};
 use crate::tcg::state::FpuState;
 
@@ -181,19 +182,31 @@ pub struct Outcome {
     pub eflags: Option<u64>,
 }
 
-/// Decodes a memory operand into an 80-bit value.
-fn load_mem(fmt: MemFmt, b: &[u8; 10], ctx: &mut Ctx) -> F80 {
+/// Decodes a memory operand into an 80-bit value, exactly (an SNaN stays
+/// signaling); the flag tells whether it was an m32/m64 denormal.
+fn load_mem(fmt: MemFmt, b: &[u8; 10]) -> (F80, bool) {
     let mut q = [0u8; 8];
     q.copy_from_slice(&b[..8]);
     let q = u64::from_le_bytes(q);
+    let int = |v: i64| (convert::from_int(v), false);
     match fmt {
-        MemFmt::F32 => convert::from_ieee(q & 0xffff_ffff, SINGLE, ctx),
-        MemFmt::F64 => convert::from_ieee(q, DOUBLE, ctx),
-        MemFmt::I16 => convert::from_int(i64::from(q as i16)),
-        MemFmt::I32 => convert::from_int(i64::from(q as i32)),
-        MemFmt::I64 => convert::from_int(q as i64),
-        MemFmt::Bcd => convert::from_bcd(b),
-        MemFmt::F80 | MemFmt::None => F80::from_bytes(b),
+        MemFmt::F32 => convert::from_ieee(q & 0xffff_ffff, SINGLE),
+        MemFmt::F64 => convert::from_ieee(q, DOUBLE),
+        MemFmt::I16 => int(i64::from(q as i16)),
+        MemFmt::I32 => int(i64::from(q as i32)),
+        MemFmt::I64 => int(q as i64),
+        MemFmt::Bcd => (convert::from_bcd(b), false),
+        MemFmt::F80 | MemFmt::None => (F80::from_bytes(b), false),
+    }
+}
+
+/// DE for an m32/m64 denormal operand, raised after the operation: not if
+/// the other operand is a NaN or unsupported, nor if the operation raised
+/// IE or ZE (those take precedence, as on hardware).
+fn mem_denormal(denormal: bool, other: Option<F80>, ctx: &mut Ctx) {
+    let other_ok = other.is_some_and(|x| !x.is_nan() && x.class() != sf::Class::Unsupported);
+    if denormal && other_ok && ctx.flags & (fsw::IE | fsw::ZE) == 0 {
+        ctx.raise(fsw::DE);
     }
 }
 
@@ -234,12 +247,14 @@ pub fn exec(f: &mut FpuState, d: Desc, mem: &[u8; 10], cond: bool) -> Outcome {
     let mut c1 = C1::Rounded;
     let i = usize::from(d.sti);
     let mut out = Outcome::default();
+    let (mem_value, denormal) =
+        if d.fmt == MemFmt::None || d.stores() { (F80::default(), false) } else { load_mem(d.fmt, mem) };
     // The second operand: memory, or ST(i).
     let src = |f: &FpuState, ctx: &mut Ctx, c1: &mut C1| {
         if d.fmt == MemFmt::None {
             stack::fetch(f, i, ctx, c1)
         } else {
-            Some(load_mem(d.fmt, mem, ctx))
+            Some(mem_value)
         }
     };
     match d.op {
@@ -251,12 +266,23 @@ pub fn exec(f: &mut FpuState, d: Desc, mem: &[u8; 10], cond: bool) -> Outcome {
                 return out;
             }
             c1 = C1::Set(false);
-            let v = if d.op == Op::LdConst {
+            let mut v = if d.op == Op::LdConst {
                 Some(ops::constant(constant_of(d.sti), ctx.rc))
             } else {
                 src(f, &mut ctx, &mut c1)
             };
-            if stack::apply(f, &ctx, c1, stack::PRE_COMPUTATION) {
+            if matches!(d.fmt, MemFmt::F32 | MemFmt::F64) {
+                // Widening loads quiet SNaNs (IE) and flag denormals.
+                if v.is_some_and(|x| x.class() == sf::Class::SNaN) {
+                    ctx.raise(fsw::IE);
+                    v = v.map(F80::quieted);
+                }
+                if denormal {
+                    ctx.raise(fsw::DE);
+                }
+            }
+            // Only IE stops a load: an unmasked DE still loads the value.
+            if stack::apply(f, &ctx, c1, fsw::IE) {
                 stack::push(f, v.unwrap_or(F80::INDEFINITE));
             }
         }
@@ -290,6 +316,7 @@ pub fn exec(f: &mut FpuState, d: Desc, mem: &[u8; 10], cond: bool) -> Outcome {
                 },
                 _ => F80::INDEFINITE,
             };
+            mem_denormal(denormal, x, &mut ctx);
             if stack::apply(f, &ctx, c1, stack::PRE_COMPUTATION) {
                 stack::set_st(f, dst, r);
                 pops(f, d.pop);
@@ -299,6 +326,7 @@ pub fn exec(f: &mut FpuState, d: Desc, mem: &[u8; 10], cond: bool) -> Outcome {
             c1 = C1::Set(false);
             let x = stack::fetch(f, 0, &mut ctx, &mut c1);
             let y = if d.op == Op::Tst { Some(F80::zero(false)) } else { src(f, &mut ctx, &mut c1) };
+            mem_denormal(denormal, x, &mut ctx);
             let quiet = matches!(d.op, Op::Ucom | Op::Ucomi);
             let rel = match (x, y) {
                 (Some(x), Some(y)) => ops::compare(x, y, quiet, &mut ctx),
@@ -323,11 +351,11 @@ pub fn exec(f: &mut FpuState, d: Desc, mem: &[u8; 10], cond: bool) -> Outcome {
                 c1 = C1::Set(false);
             }
             let r = stack::fetch(f, 0, &mut ctx, &mut c1).map_or(F80::INDEFINITE, |x| match d.op {
-                Op::Chs => x.neg(),
+                Op::Chs => x.negate(),
                 Op::Abs => x.abs(),
                 Op::Sqrt => sf::sqrt(x, &mut ctx),
                 Op::Rndint => convert::round_int(x, &mut ctx),
-                _ => ops::f2xm1(x, &mut ctx),
+                _ => tr::f2xm1(x, &mut ctx),
             });
             if stack::apply(f, &ctx, c1, stack::PRE_COMPUTATION) {
                 stack::set_st(f, 0, r);
@@ -338,8 +366,8 @@ pub fn exec(f: &mut FpuState, d: Desc, mem: &[u8; 10], cond: bool) -> Outcome {
             let x = stack::fetch(f, 0, &mut ctx, &mut c1);
             let y = stack::fetch(f, 1, &mut ctx, &mut c1);
             let r = match (x, y) {
-                (Some(x), Some(y)) if d.op == Op::Patan => ops::atan2(x, y, &mut ctx),
-                (Some(x), Some(y)) => ops::yl2x(x, y, d.op == Op::Yl2xp1, &mut ctx),
+                (Some(x), Some(y)) if d.op == Op::Patan => tr::atan2(x, y, &mut ctx),
+                (Some(x), Some(y)) => tr::yl2x(x, y, d.op == Op::Yl2xp1, &mut ctx),
                 _ => F80::INDEFINITE,
             };
             if stack::apply(f, &ctx, c1, stack::PRE_COMPUTATION) {
@@ -433,7 +461,7 @@ fn unary_push(f: &mut FpuState, op: Op, ctx: &mut Ctx) {
     };
     let trig = matches!(op, Op::Ptan | Op::Sincos | Op::Sin | Op::Cos);
     if trig {
-        let in_range = ops::trig_in_range(x);
+        let in_range = tr::trig_in_range(x);
         stack::set_cc(f, fsw::C2, if in_range { 0 } else { fsw::C2 });
         if !in_range {
             return;
@@ -449,10 +477,10 @@ fn unary_push(f: &mut FpuState, op: Op, ctx: &mut Ctx) {
     }
     let (below, top) = match op {
         Op::Xtract => ops::extract(x, ctx),
-        Op::Ptan => (ops::tan(x, ctx), F80::ONE),
-        Op::Sincos => ops::sin_cos(x, ctx),
-        Op::Sin => (ops::sin_cos(x, ctx).0, F80::ONE),
-        _ => (ops::sin_cos(x, ctx).1, F80::ONE),
+        Op::Ptan => (tr::tan(x, ctx), F80::ONE),
+        Op::Sincos => tr::sin_cos(x, ctx),
+        Op::Sin => (tr::sin_cos(x, ctx).0, F80::ONE),
+        _ => (tr::sin_cos(x, ctx).1, F80::ONE),
     };
     // FPTAN with a NaN operand pushes the NaN too.
     let top = if op == Op::Ptan && below.is_nan() { below } else { top };

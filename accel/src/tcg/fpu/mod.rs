@@ -1,10 +1,20 @@
-//! x87, MMX-state and MXCSR semantics, independent of the IR: the register
-//! stack and its tags, the control/status words, the device-availability
-//! rules of CR0/CR4, the FXSAVE image, and (in [`softfloat`]) 80-bit
-//! extended-precision arithmetic with x87 rounding and exception rules.
+//! x87, MMX-state and MXCSR semantics, independent of the IR.
+//!
+//! - [`softfloat`]: 80-bit arithmetic with precision and rounding control
+//!   and the x87's exception, NaN and operand-class rules.
+//! - [`convert`]: m32/m64/integer/BCD conversions, FRNDINT.
+//! - [`ops`]: comparisons, FPREM/FPREM1, FSCALE, FXTRACT, constants, FXAM.
+//! - [`transcendental`]: FSIN & co with host f64 math (documented caveat).
+//! - [`stack`]: TOP, tags, stack faults, how flags land in FSW.
+//! - [`exec`]: one x87 instruction ([`exec::Desc`]) on an `FpuState`.
+//! - [`fxsave`], [`env`]: the FXSAVE, FSTENV and FSAVE images.
+//! - this module: control/status words, CR0/CR4 availability rules (#NM,
+//!   #UD), the pending-exception check (#MF), FNINIT, LDMXCSR.
 //!
 //! The frontend (`translate/x87`) lowers every x87 instruction to a helper
-//! call; the helpers are thin wrappers around the functions here.
+//! call; the helpers are thin wrappers around the functions here. Every
+//! arithmetic result is checked bit for bit against the host CPU's x87 in
+//! the tests (all precisions, rounding modes, masked and unmasked).
 //!
 //! Floating-point exception *delivery*: an unmasked exception sets FSW.ES
 //! (and B); the next waiting x87 instruction (FWAIT, EMMS and every x87
@@ -19,6 +29,7 @@ pub mod fxsave;
 pub mod ops;
 pub mod softfloat;
 pub mod stack;
+pub mod transcendental;
 
 use super::exception::{vector, Exception, Result};
 use super::state::{ctrl, FpuState, X86State};

@@ -1,13 +1,6 @@
 //! The x87 operations beyond the four rules: comparisons, partial
-//! remainders, FSCALE, FXTRACT, the constants, FXAM's classes and the
-//! transcendental functions.
-//!
-//! Transcendentals (F2XM1, FYL2X, FYL2XP1, FPTAN, FPATAN, FSIN, FCOS,
-//! FSINCOS) are computed with the host's f64 math and widened: about 53
-//! correct bits instead of the x87's 64, with the special cases (NaNs,
-//! infinities, zeros, out-of-range arguments → C2) handled exactly.
+//! remainders, FSCALE, FXTRACT, the constants and FXAM's classes.
 
-use super::convert::{from_ieee, to_ieee, DOUBLE};
 use super::fsw;
 use super::softfloat::{norm_round_pack, propagate_nan, round_pack, unpack, Class, Ctx, Rounding, BIAS, F80};
 
@@ -98,9 +91,12 @@ pub struct Remainder {
 }
 
 /// How many quotient bits one partial FPREM step produces when the
-/// exponent difference is 64 or more (the SDM's "N", implementation
-/// dependent between 32 and 63; checked against the host in the tests).
-pub const PARTIAL_BITS: i32 = 32;
+/// exponent difference `d` is 64 or more: the SDM's "N", implementation
+/// dependent between 32 and 63. Intel parts use 32 + (d mod 32) (as Bochs
+/// models it; checked against the host in the tests).
+fn partial_bits(d: i32) -> i32 {
+    32 | (d & 31)
+}
 
 /// FPREM (`ieee` false: quotient truncated) / FPREM1 (rounded to nearest).
 pub fn remainder(a: F80, b: F80, ieee: bool, ctx: &mut Ctx) -> Remainder {
@@ -113,32 +109,32 @@ pub fn remainder(a: F80, b: F80, ieee: bool, ctx: &mut Ctx) -> Remainder {
         return whole(propagate_nan(a, b, ctx));
     }
     if ca == Class::Infinity || cb == Class::Zero {
-        if ca == Class::Denormal || cb == Class::Denormal {
-            ctx.raise(fsw::DE);
-        }
         return whole(ctx.invalid());
     }
     if ca == Class::Denormal || cb == Class::Denormal {
         ctx.raise(fsw::DE);
     }
-    if ca == Class::Zero || cb == Class::Infinity {
+    if ca == Class::Zero {
         return whole(a);
     }
     let (ua, ub) = (unpack(a), unpack(b));
+    if cb == Class::Infinity {
+        return whole(canonical(a));
+    }
     let d = ua.exp - ub.exp;
     if d < -1 || (d == -1 && !ieee) {
-        // |a| < |b| / 2 (or FPREM with |a| < |b|): a is the remainder, but
-        // still normalized/rounded like a result.
+        // |a| < |b| / 2 (or FPREM with |a| < |b|): a is the remainder,
+        // delivered like a computed one (normalized; UE if tiny and unmasked).
         return whole(norm_round_pack(a.sign(), ua.exp, u128::from(ua.sig) << 64, 64, ctx));
     }
     let (sa, sb) = (u128::from(ua.sig), u128::from(ub.sig));
     if d >= 64 {
-        // One step of PARTIAL_BITS quotient bits, truncated.
-        let s = d - PARTIAL_BITS;
-        let r = (sa << PARTIAL_BITS) % sb;
-        let q = (sa << PARTIAL_BITS) / sb;
-        let value = norm_round_pack(a.sign(), ub.exp + 64 + s, r, 64, ctx);
-        return Remainder { value, quotient: q as u64, partial: true };
+        // One step of n = 32..63 truncated quotient bits; the quotient
+        // bits are not reported (C0, C1, C3 cleared).
+        let n = partial_bits(d);
+        let r = (sa << n) % sb;
+        let value = norm_round_pack(a.sign(), ub.exp + 64 + (d - n), r, 64, ctx);
+        return Remainder { value, quotient: 0, partial: true };
     }
     // Units of half b's last place: a = (sa << (d + 1)), b = (sb << 1).
     let (n, bd) = (sa << (d + 1), sb << 1);
@@ -153,7 +149,17 @@ pub fn remainder(a: F80, b: F80, ieee: bool, ctx: &mut Ctx) -> Remainder {
     Remainder { value, quotient: q as u64, partial: false }
 }
 
-/// FSCALE: `a * 2^trunc(b)`, rounded per PC and RC.
+/// `a` as an operation result: a pseudo-denormal (exponent 0 with the J
+/// bit set) gets its canonical exponent 1; everything else is unchanged.
+fn canonical(a: F80) -> F80 {
+    if a.exp() == 0 && a.sig >> 63 != 0 {
+        F80::new(a.sign(), 1, a.sig)
+    } else {
+        a
+    }
+}
+
+/// FSCALE: `a * 2^trunc(b)`, rounded per RC (over/underflow only).
 pub fn scale(a: F80, b: F80, ctx: &mut Ctx) -> F80 {
     let (ca, cb) = (a.class(), b.class());
     if ca == Class::Unsupported || cb == Class::Unsupported {
@@ -192,8 +198,13 @@ pub fn scale(a: F80, b: F80, ctx: &mut Ctx) -> F80 {
             mag
         }
     };
+    if cb == Class::Zero {
+        // Scaling by ±0: a as is (no underflow for a denormal).
+        return canonical(a);
+    }
     let ua = unpack(a);
-    round_pack(a.sign(), ua.exp + n, u128::from(ua.sig) << 64, ctx.prec, ctx)
+    // PC does not apply: only exponent range limits round the result.
+    round_pack(a.sign(), ua.exp + n, u128::from(ua.sig) << 64, 64, ctx)
 }
 
 /// FXTRACT: `(exponent, significand)` (the significand goes to ST0).
@@ -245,7 +256,7 @@ pub fn constant(c: Constant, rc: Rounding) -> F80 {
         Constant::Lg2 => (0x3ffd, 0x9a20_9a84_fbcf_f798_8f89_59ac_0b7c_9178),
         Constant::Ln2 => (0x3ffe, 0xb172_17f7_d1cf_79ab_c9e3_b398_03f2_f6af),
     };
-    let mut scratch = Ctx { rc, prec: 64, flags: 0, rounded_up: false, underflow_unmasked: false };
+    let mut scratch = Ctx::masked(rc);
     round_pack(false, exp, m, 64, &mut scratch)
 }
 
@@ -262,141 +273,4 @@ pub fn examine(x: F80, empty: bool) -> u16 {
         Class::Zero => fsw::C3,
         Class::Denormal => fsw::C3 | fsw::C2,
     }
-}
-
-// ---- transcendentals (host f64 math) ----
-
-fn to_f64(x: F80) -> f64 {
-    let mut c = Ctx { rc: Rounding::Nearest, prec: 64, flags: 0, rounded_up: false, underflow_unmasked: false };
-    f64::from_bits(to_ieee(x, DOUBLE, &mut c))
-}
-
-/// Widens an f64 result; PE is raised (these results are inexact).
-fn from_f64(v: f64, ctx: &mut Ctx) -> F80 {
-    let mut c = *ctx;
-    let r = from_ieee(v.to_bits(), DOUBLE, &mut c);
-    if v != 0.0 && v.is_finite() {
-        ctx.raise(fsw::PE);
-    }
-    r
-}
-
-/// Common checks of one-operand transcendentals: the result for invalid
-/// encodings and NaNs, DE for denormals.
-fn unary_special(a: F80, ctx: &mut Ctx) -> Option<F80> {
-    match a.class() {
-        Class::Unsupported => Some(ctx.invalid()),
-        Class::QNaN | Class::SNaN => Some(propagate_nan(a, a, ctx)),
-        Class::Denormal => {
-            ctx.raise(fsw::DE | fsw::UE | fsw::PE);
-            None
-        }
-        _ => None,
-    }
-}
-
-/// Whether FSIN/FCOS/FSINCOS/FPTAN accept the operand (|x| < 2^63);
-/// otherwise they set C2 and leave the stack alone.
-pub fn trig_in_range(a: F80) -> bool {
-    !matches!(a.class(), Class::Normal | Class::Denormal) || i32::from(a.exp()) - BIAS < 63
-}
-
-/// `(sin, cos)` of an in-range operand.
-pub fn sin_cos(a: F80, ctx: &mut Ctx) -> (F80, F80) {
-    if let Some(r) = unary_special(a, ctx) {
-        return (r, r);
-    }
-    match a.class() {
-        Class::Infinity => {
-            let i = ctx.invalid();
-            (i, i)
-        }
-        Class::Zero => (a, F80::ONE),
-        _ => {
-            let x = to_f64(a);
-            (from_f64(x.sin(), ctx), from_f64(x.cos(), ctx))
-        }
-    }
-}
-
-/// FPTAN's tangent.
-pub fn tan(a: F80, ctx: &mut Ctx) -> F80 {
-    if let Some(r) = unary_special(a, ctx) {
-        return r;
-    }
-    match a.class() {
-        Class::Infinity => ctx.invalid(),
-        Class::Zero => a,
-        _ => from_f64(to_f64(a).tan(), ctx),
-    }
-}
-
-/// F2XM1: `2^a - 1` for |a| ≤ 1.
-pub fn f2xm1(a: F80, ctx: &mut Ctx) -> F80 {
-    if let Some(r) = unary_special(a, ctx) {
-        return r;
-    }
-    match a.class() {
-        Class::Zero => a,
-        Class::Infinity => {
-            if a.sign() {
-                F80::ONE.neg()
-            } else {
-                a
-            }
-        }
-        _ => from_f64((to_f64(a) * std::f64::consts::LN_2).exp_m1(), ctx),
-    }
-}
-
-/// FYL2X (`plus_one` false: `b * log2(a)`) and FYL2XP1 (`b * log2(a + 1)`);
-/// `a` is ST0, `b` is ST1.
-pub fn yl2x(a: F80, b: F80, plus_one: bool, ctx: &mut Ctx) -> F80 {
-    let (ca, cb) = (a.class(), b.class());
-    if ca == Class::Unsupported || cb == Class::Unsupported {
-        return ctx.invalid();
-    }
-    if a.is_nan() || b.is_nan() {
-        return propagate_nan(a, b, ctx);
-    }
-    if ca == Class::Denormal || cb == Class::Denormal {
-        ctx.raise(fsw::DE);
-    }
-    let (x, y) = (to_f64(a), to_f64(b));
-    let l = if plus_one { x.ln_1p() / std::f64::consts::LN_2 } else { x.log2() };
-    if !plus_one && a.sign() && ca != Class::Zero {
-        return ctx.invalid();
-    }
-    if !plus_one && ca == Class::Zero {
-        if cb == Class::Zero {
-            return ctx.invalid();
-        }
-        ctx.raise(fsw::ZE);
-        return F80::inf(!b.sign());
-    }
-    let r = y * l;
-    if r.is_nan() {
-        return ctx.invalid();
-    }
-    if r.is_infinite() && !(y.is_infinite() || l.is_infinite()) {
-        // The f64 product overflowed where the 80-bit one may not: redo
-        // it with the soft-float multiply.
-        return super::softfloat::mul(b, from_f64(l, ctx), ctx);
-    }
-    from_f64(r, ctx)
-}
-
-/// FPATAN: `atan2(b, a)` with `a` = ST0, `b` = ST1.
-pub fn atan2(a: F80, b: F80, ctx: &mut Ctx) -> F80 {
-    let (ca, cb) = (a.class(), b.class());
-    if ca == Class::Unsupported || cb == Class::Unsupported {
-        return ctx.invalid();
-    }
-    if a.is_nan() || b.is_nan() {
-        return propagate_nan(a, b, ctx);
-    }
-    if ca == Class::Denormal || cb == Class::Denormal {
-        ctx.raise(fsw::DE);
-    }
-    from_f64(to_f64(b).atan2(to_f64(a)), ctx)
 }

@@ -75,7 +75,7 @@ impl F80 {
     pub fn exp(self) -> u16 {
         self.se & 0x7fff
     }
-    pub fn neg(self) -> F80 {
+    pub fn negate(self) -> F80 {
         F80 { sig: self.sig, se: self.se ^ 0x8000 }
     }
     pub fn abs(self) -> F80 {
@@ -133,8 +133,11 @@ pub struct Ctx {
     pub flags: u16,
     /// The last rounding incremented the magnitude (becomes C1).
     pub rounded_up: bool,
-    /// FCW.UM clear: underflow is flagged for tiny exact results too.
+    /// FCW.UM clear: tiny results are flagged even when exact, and
+    /// re-biased instead of denormalized.
     pub underflow_unmasked: bool,
+    /// FCW.OM clear: overflowing results are re-biased.
+    pub overflow_unmasked: bool,
 }
 
 impl Ctx {
@@ -150,7 +153,13 @@ impl Ctx {
             flags: 0,
             rounded_up: false,
             underflow_unmasked: fcw & fsw::UE == 0,
+            overflow_unmasked: fcw & fsw::OE == 0,
         }
+    }
+    /// All exceptions masked, 64-bit precision, rounding `rc`: for
+    /// internal conversions whose flags are not wanted.
+    pub fn masked(rc: Rounding) -> Ctx {
+        Ctx::from_fcw(0x037f | (rc as u16) << 10)
     }
     /// Same rounding mode, full 64-bit precision (constants, conversions,
     /// FRNDINT ignore PC).
@@ -215,6 +224,10 @@ pub(super) fn increments(rc: Rounding, sign: bool, kept: u128, rest: u128, bits:
 /// would still give a magnitude below the smallest normal.
 pub(super) const TINY_AFTER_ROUNDING: bool = true;
 
+/// The exponent adjustment of unmasked overflow/underflow responses: the
+/// result is stored divided (OE) or multiplied (UE) by 2^24576.
+const WRAP: i32 = 24576;
+
 /// Rounds `m * 2^(exp - BIAS - 127)` (with `m` normalized, bit 127 set, or
 /// zero) to `prec` significand bits and packs it, raising PE, UE, OE.
 pub fn round_pack(sign: bool, exp: i32, m: u128, prec: u32, ctx: &mut Ctx) -> F80 {
@@ -227,24 +240,31 @@ pub fn round_pack(sign: bool, exp: i32, m: u128, prec: u32, ctx: &mut Ctx) -> F8
     let mask = (1u128 << drop) - 1;
     let mut e = exp;
     let mut m = m;
-    let mut tiny = false;
-    if e <= 0 {
-        tiny = if TINY_AFTER_ROUNDING && e == 0 {
+    let tiny = e < 0
+        || (e == 0 && {
             let (kept, rest) = (m >> drop, m & mask);
-            !(increments(ctx.rc, sign, kept, rest, drop) && kept == (1u128 << prec) - 1)
-        } else {
-            true
-        };
-        m = shr_jam(m, (1 - e) as u32);
+            !(TINY_AFTER_ROUNDING && increments(ctx.rc, sign, kept, rest, drop) && kept == (1u128 << prec) - 1)
+        });
+    if tiny && ctx.underflow_unmasked {
+        // Unmasked UE: no denormalization; the exponent is re-biased. A
+        // result too small even for that (FSCALE) becomes a zero.
+        ctx.raise(fsw::UE);
+        if e + WRAP <= 0 {
+            ctx.raise(fsw::PE);
+            return F80::zero(sign);
+        }
+        e += WRAP;
+    } else if e <= 0 {
+        m = shr_jam(m, (1 - e).min(200) as u32);
         e = 0;
     }
     let (mut kept, rest) = (m >> drop, m & mask);
     let inc = increments(ctx.rc, sign, kept, rest, drop);
     if rest != 0 {
         ctx.raise(fsw::PE);
-    }
-    if tiny && (rest != 0 || ctx.underflow_unmasked) {
-        ctx.raise(fsw::UE);
+        if tiny {
+            ctx.raise(fsw::UE);
+        }
     }
     if inc {
         kept += 1;
@@ -257,7 +277,17 @@ pub fn round_pack(sign: bool, exp: i32, m: u128, prec: u32, ctx: &mut Ctx) -> F8
         e = 1;
     }
     if e >= 0x7fff {
-        return overflow(sign, prec, ctx);
+        if !ctx.overflow_unmasked {
+            return overflow(sign, prec, ctx);
+        }
+        // Unmasked OE: re-biased; beyond even that (FSCALE), infinity.
+        ctx.raise(fsw::OE);
+        if e - WRAP >= 0x7fff {
+            ctx.raise(fsw::PE);
+            ctx.rounded_up = true;
+            return F80::inf(sign);
+        }
+        e -= WRAP;
     }
     F80::new(sign, e as u16, (kept << (64 - prec)) as u64)
 }
@@ -342,16 +372,18 @@ pub fn add(a: F80, b: F80, negate_b: bool, ctx: &mut Ctx) -> F80 {
     if let Some(r) = special2(a, b, ctx) {
         return r;
     }
-    let b = if negate_b { b.neg() } else { b };
+    let b = if negate_b { b.negate() } else { b };
     let (ca, cb) = (a.class(), b.class());
+    if ca == Class::Infinity && cb == Class::Infinity && a.sign() != b.sign() {
+        return ctx.invalid();
+    }
+    note_denormals(a, b, ctx);
+    ctx.rounded_up = false;
     match (ca, cb) {
-        (Class::Infinity, Class::Infinity) if a.sign() != b.sign() => return ctx.invalid(),
         (Class::Infinity, _) => return a,
         (_, Class::Infinity) => return b,
         _ => {}
     }
-    note_denormals(a, b, ctx);
-    ctx.rounded_up = false;
     let zero_sign = |ctx: &Ctx| ctx.rc == Rounding::Down;
     match (ca == Class::Zero, cb == Class::Zero) {
         (true, true) => return F80::zero(if a.sign() == b.sign() { a.sign() } else { zero_sign(ctx) }),
@@ -395,11 +427,10 @@ pub fn mul(a: F80, b: F80, ctx: &mut Ctx) -> F80 {
         return ctx.invalid();
     }
     ctx.rounded_up = false;
+    note_denormals(a, b, ctx);
     if inf {
-        note_denormals(a, b, ctx);
         return F80::inf(sign);
     }
-    note_denormals(a, b, ctx);
     if zero {
         return F80::zero(sign);
     }
@@ -416,28 +447,20 @@ pub fn div(a: F80, b: F80, ctx: &mut Ctx) -> F80 {
     let sign = a.sign() != b.sign();
     let (ca, cb) = (a.class(), b.class());
     ctx.rounded_up = false;
-    match (ca, cb) {
-        (Class::Infinity, Class::Infinity) | (Class::Zero, Class::Zero) => return ctx.invalid(),
-        (Class::Infinity, _) => {
-            note_denormals(a, b, ctx);
-            return F80::inf(sign);
-        }
-        (_, Class::Infinity) => {
-            note_denormals(a, b, ctx);
-            return F80::zero(sign);
-        }
-        (_, Class::Zero) => {
-            note_denormals(a, b, ctx);
-            ctx.raise(fsw::ZE);
-            return F80::inf(sign);
-        }
-        (Class::Zero, _) => {
-            note_denormals(a, b, ctx);
-            return F80::zero(sign);
-        }
-        _ => {}
+    if matches!((ca, cb), (Class::Infinity, Class::Infinity) | (Class::Zero, Class::Zero)) {
+        return ctx.invalid();
+    }
+    if cb == Class::Zero && ca != Class::Infinity {
+        // ZE, like IE, takes precedence over DE.
+        ctx.raise(fsw::ZE);
+        return F80::inf(sign);
     }
     note_denormals(a, b, ctx);
+    match (ca, cb) {
+        (Class::Infinity, _) => return F80::inf(sign),
+        (_, Class::Infinity) | (Class::Zero, _) => return F80::zero(sign),
+        _ => {}
+    }
     let (ua, ub) = (unpack(a), unpack(b));
     let d = u128::from(ub.sig);
     let n = u128::from(ua.sig) << 64;
@@ -455,12 +478,8 @@ pub fn sqrt(a: F80, ctx: &mut Ctx) -> F80 {
         Class::QNaN | Class::SNaN => return propagate_nan(a, a, ctx),
         Class::Zero => return a,
         Class::Infinity if !a.sign() => return a,
-        _ if a.sign() => {
-            if a.class() == Class::Denormal {
-                ctx.raise(fsw::DE);
-            }
-            return ctx.invalid();
-        }
+        // Invalid: no DE even for a negative denormal.
+        _ if a.sign() => return ctx.invalid(),
         Class::Denormal => ctx.raise(fsw::DE),
         _ => {}
     }

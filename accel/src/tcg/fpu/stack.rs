@@ -126,14 +126,18 @@ pub const PRE_COMPUTATION: u16 = fsw::IE | fsw::DE | fsw::ZE;
 /// Unmasked OE/UE are flagged, but the result is the masked one (the
 /// 2^±24576 re-biasing of an unmasked response is not modelled).
 pub fn apply(f: &mut FpuState, ctx: &Ctx, c1: C1, blocking: u16) -> bool {
-    f.fsw |= ctx.flags & (fsw::EXC | fsw::SF);
+    // An unmasked DE stops the instruction before it computes anything:
+    // the flags of the (already done) computation are dropped.
+    let (flags, rounded_up) =
+        if ctx.flags & !f.fcw & fsw::DE != 0 { (fsw::DE, false) } else { (ctx.flags, ctx.rounded_up) };
+    f.fsw |= flags & (fsw::EXC | fsw::SF);
     match c1 {
-        C1::Rounded => f.fsw = (f.fsw & !fsw::C1) | if ctx.rounded_up { fsw::C1 } else { 0 },
+        C1::Rounded => f.fsw = (f.fsw & !fsw::C1) | if rounded_up { fsw::C1 } else { 0 },
         C1::Set(v) => f.fsw = (f.fsw & !fsw::C1) | if v { fsw::C1 } else { 0 },
         C1::Keep => {}
     }
     update_summary(f);
-    ctx.flags & !f.fcw & blocking == 0
+    flags & !f.fcw & blocking == 0
 }
 
 /// Sets the condition codes in `mask` to `bits`.

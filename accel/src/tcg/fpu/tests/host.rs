@@ -172,3 +172,108 @@ host_ops! {
 pub fn op(name: &str) -> &'static HostOp {
     OPS.iter().find(|o| o.name == name).unwrap_or_else(|| panic!("no host op {name}"))
 }
+
+/// FNSAVE of the state `input` (108-byte protected-mode image) and the
+/// state left behind (after FNSAVE's implicit FNINIT).
+pub fn fnsave(input: &Area) -> ([u8; 108], Area) {
+    let mut saved = Area([0; 512]);
+    let mut out = Area([0; 512]);
+    let mut image = [0u8; 108];
+    // SAFETY: as in `roundtrip`; `image` is 108 writable bytes.
+    unsafe {
+        core::arch::asm!(
+            "fxsave64 [{saved}]",
+            "fxrstor64 [{input}]",
+            "fnsave [{image}]",
+            "fxsave64 [{out}]",
+            "fxrstor64 [{saved}]",
+            saved = in(reg) saved.0.as_mut_ptr(),
+            input = in(reg) input.0.as_ptr(),
+            out = in(reg) out.0.as_mut_ptr(),
+            image = in(reg) image.as_mut_ptr(),
+            options(nostack),
+        );
+    }
+    (image, out)
+}
+
+/// FNSTENV of `input` (28 bytes) and the state after it.
+pub fn fnstenv(input: &Area) -> ([u8; 28], Area) {
+    let mut saved = Area([0; 512]);
+    let mut out = Area([0; 512]);
+    let mut image = [0u8; 28];
+    // SAFETY: as in `fnsave`.
+    unsafe {
+        core::arch::asm!(
+            "fxsave64 [{saved}]",
+            "fxrstor64 [{input}]",
+            "fnstenv [{image}]",
+            "fxsave64 [{out}]",
+            "fxrstor64 [{saved}]",
+            saved = in(reg) saved.0.as_mut_ptr(),
+            input = in(reg) input.0.as_ptr(),
+            out = in(reg) out.0.as_mut_ptr(),
+            image = in(reg) image.as_mut_ptr(),
+            options(nostack),
+        );
+    }
+    (image, out)
+}
+
+/// FRSTOR of `image` (after FNINIT), then FXSAVE64.
+pub fn frstor(image: &[u8; 108]) -> Area {
+    let mut saved = Area([0; 512]);
+    let mut out = Area([0; 512]);
+    // SAFETY: as in `roundtrip`; the caller's image has no pending
+    // unmasked exception (FRSTOR itself does not fault on one).
+    unsafe {
+        core::arch::asm!(
+            "fxsave64 [{saved}]",
+            "fninit",
+            "frstor [{image}]",
+            "fxsave64 [{out}]",
+            "fxrstor64 [{saved}]",
+            saved = in(reg) saved.0.as_mut_ptr(),
+            image = in(reg) image.as_ptr(),
+            out = in(reg) out.0.as_mut_ptr(),
+            options(nostack),
+        );
+    }
+    out
+}
+
+/// Runs one of FSIN, FCOS, FPTAN, FPATAN, FYL2X, FYL2XP1, F2XM1 on ST0/ST1.
+pub fn transcendental(name: &str, input: &Area) -> Area {
+    let mut saved = Area([0; 512]);
+    let mut out = Area([0; 512]);
+    macro_rules! run {
+        ($insn:literal) => {
+            // SAFETY: as in `roundtrip`.
+            unsafe {
+                core::arch::asm!(
+                    "fxsave64 [{saved}]",
+                    "fxrstor64 [{input}]",
+                    $insn,
+                    "fxsave64 [{out}]",
+                    "fxrstor64 [{saved}]",
+                    saved = in(reg) saved.0.as_mut_ptr(),
+                    input = in(reg) input.0.as_ptr(),
+                    out = in(reg) out.0.as_mut_ptr(),
+                    options(nostack),
+                )
+            }
+        };
+    }
+    match name {
+        "fsin" => run!("fsin"),
+        "fcos" => run!("fcos"),
+        "fptan" => run!("fptan"),
+        "fpatan" => run!("fpatan"),
+        "fyl2x" => run!("fyl2x"),
+        "fyl2xp1" => run!("fyl2xp1"),
+        "f2xm1" => run!("f2xm1"),
+        "fsincos" => run!("fsincos"),
+        _ => panic!("no transcendental {name}"),
+    }
+    out
+}

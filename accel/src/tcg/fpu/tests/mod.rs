@@ -5,4 +5,5 @@
 mod arith;
 mod compare;
 mod host;
+mod misc;
 mod state;

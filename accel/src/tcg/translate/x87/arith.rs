@@ -165,6 +165,7 @@ fn describe(insn: &Instruction) -> Option<(Desc, Option<ConditionCode>)> {
 
 /// The descriptor of the instruction encoded by `bytes` (64-bit mode);
 /// lets the tests drive [`exec::exec`] with exactly what the frontend emits.
+#[cfg(test)]
 pub(crate) fn describe_bytes(bytes: &[u8]) -> Option<Desc> {
     let insn = iced_x86::Decoder::with_ip(64, bytes, 0, iced_x86::DecoderOptions::NONE).decode();
     describe(&insn).map(|(d, _)| d)
