@@ -50,8 +50,11 @@ pub const HIGH_RAM_START: u64 = 0x1_0000_0000;
 
 /// Port I/O map.
 pub mod pio {
+    /// The i8042's data port; its command/status port is [`I8042_COMMAND`].
+    /// Port 0x61 between them is system control port B, which belongs to
+    /// the PIT (in-kernel under KVM, the engine's own under TCG).
     pub const I8042: u64 = 0x60;
-    pub const I8042_LEN: u64 = 5;
+    pub const I8042_COMMAND: u64 = 0x64;
     pub const RTC: u64 = 0x70;
     pub const RTC_LEN: u64 = 2;
     /// POST/debug port: boot phase markers.

@@ -80,11 +80,6 @@ macro_rules! engine_tests {
             #[test]
             fn every_vcpu_runs() {
                 if !engine_available(ACCEL, "apic-id") { return; }
-                if ACCEL == "tcg" {
-                    // INIT/SIPI need the emulated LAPIC (issue 4).
-                    println!("SKIP every_vcpu_runs under tcg: no emulated LAPIC yet");
-                    return;
-                }
                 for cpus in [2u8, 4] {
                     let n = cpus.to_string();
                     let run = run_guest(ACCEL, "apic-id", &["--cpus", &n]);

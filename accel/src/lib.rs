@@ -14,7 +14,7 @@ pub mod tcg;
 use std::sync::Arc;
 
 pub use cpu_state::{CpuState, DescriptorTable, Segment};
-pub use devices::IrqLine;
+pub use devices::{BusDevice, IrqLine};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -59,6 +59,23 @@ pub enum IoEventAddress {
     Mmio(u64),
 }
 
+/// A device an engine needs on one of the VMM's buses at `[base, base + len)`.
+#[derive(Clone)]
+pub struct BusSlot {
+    pub base: u64,
+    pub len: u64,
+    pub device: Arc<dyn BusDevice>,
+}
+
+/// The platform devices an engine emulates itself and the VMM must place on
+/// its buses: the interrupt controllers and timers of an engine without
+/// in-kernel ones (TCG). Empty for KVM.
+#[derive(Clone, Default)]
+pub struct EngineDevices {
+    pub pio: Vec<BusSlot>,
+    pub mmio: Vec<BusSlot>,
+}
+
 /// VM-wide configuration an engine needs when it creates the VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -79,6 +96,11 @@ pub trait Vm: Send + Sync {
     /// Signals `event` on every guest write to `addr` (matching `datamatch`
     /// when given) without a vCPU exit to the VMM where the engine allows.
     fn register_ioevent(&self, event: &EventFd, addr: IoEventAddress, datamatch: Option<u32>) -> Result<()>;
+    /// Devices the engine emulates in the VMM's address spaces (its PIC,
+    /// PIT, IOAPIC…); the VMM puts them on its buses before any vCPU runs.
+    fn engine_devices(&self) -> EngineDevices {
+        EngineDevices::default()
+    }
     /// Creates vCPU `id` (its APIC ID). vCPU 0 is the bootstrap processor;
     /// the others wait for INIT/SIPI from the guest.
     fn create_vcpu(&self, id: u8, ops: Arc<dyn VmOps>) -> Result<Box<dyn Vcpu>>;

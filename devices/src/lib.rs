@@ -12,6 +12,7 @@ pub mod irq;
 pub mod irqchip;
 pub mod legacy;
 pub mod pvpanic;
+pub mod virtio;
 
 pub use bus::{BusDevice, BusError, IoBus};
 pub use exit::{ExitReason, VmExitSignal};

@@ -28,6 +28,8 @@ pub struct LineClock {
     patterns: Vec<String>,
     seen: Vec<Option<Duration>>,
     line: Vec<u8>,
+    /// The last complete line that had any text, for failure messages.
+    last: Vec<u8>,
 }
 
 impl LineClock {
@@ -38,6 +40,7 @@ impl LineClock {
             patterns: patterns.iter().map(|p| p.trim_end_matches('\n').to_owned()).collect(),
             seen: vec![None; patterns.len()],
             line: Vec::new(),
+            last: Vec::new(),
         }
     }
 
@@ -58,14 +61,30 @@ impl LineClock {
     }
 
     fn end_line(&mut self, at: Duration) {
-        // QEMU's and terminals' CRLF endings count as plain newlines.
+        // QEMU's and terminals' CRLF endings count as plain newlines, and
+        // terminal control sequences before the text (firmware clearing
+        // the screen) don't hide a line's start.
         let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
+        let line = skip_escapes(line);
         for (pattern, seen) in self.patterns.iter().zip(self.seen.iter_mut()) {
             if seen.is_none() && line.starts_with(pattern.as_bytes()) {
                 *seen = Some(at);
             }
         }
+        if line.iter().any(|b| !b.is_ascii_whitespace()) {
+            self.last.clear();
+            self.last.extend_from_slice(line);
+        }
         self.line.clear();
+    }
+
+    /// The last line with any text in it, lossily decoded: the unfinished
+    /// one if it has text (a guest that stopped mid-line), else the last
+    /// complete one.
+    pub fn last_line(&self) -> String {
+        let partial = skip_escapes(&self.line);
+        let line = if partial.iter().any(|b| !b.is_ascii_whitespace()) { partial } else { &self.last };
+        String::from_utf8_lossy(line).trim().to_owned()
     }
 
     /// For each pattern, when its line was first seen.
@@ -76,6 +95,22 @@ impl LineClock {
     pub fn all_seen(&self) -> bool {
         self.seen.iter().all(Option::is_some)
     }
+}
+
+/// `line` past any leading ANSI escape sequences (`ESC c`, `ESC [ … final`).
+fn skip_escapes(mut line: &[u8]) -> &[u8] {
+    while let [0x1b, rest @ ..] = line {
+        line = match rest {
+            [b'[', csi @ ..] => {
+                // Parameters and intermediates, then one final byte 0x40..=0x7e.
+                let end = csi.iter().position(|b| (0x40..=0x7e).contains(b)).map_or(csi.len(), |i| i + 1);
+                &csi[end..]
+            }
+            [_, after @ ..] => after,
+            [] => rest,
+        };
+    }
+    line
 }
 
 /// What to run and when to give up on it.
@@ -137,6 +172,8 @@ pub struct ChildRun {
     pub user_cpu: Duration,
     pub sys_cpu: Duration,
     pub stderr: String,
+    /// The last line with text on stdout (the guest's serial console).
+    pub last_line: String,
 }
 
 impl ChildRun {
@@ -385,6 +422,7 @@ pub fn run_child(spec: &ChildSpec) -> Result<ChildRun, ChildError> {
         user_cpu: timeval(usage.ru_utime),
         sys_cpu: timeval(usage.ru_stime),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        last_line: clock.last_line(),
     })
 }
 
@@ -440,6 +478,16 @@ mod tests {
     }
 
     #[test]
+    fn escape_sequences_before_a_line_are_skipped() {
+        let mut c = LineClock::new(&["rxvmm: userspace up"]);
+        c.feed(b"\x1bc\x1b[?7l\x1b[2Jrxvmm: userspace up\r\n  \n", ms(5));
+        assert_eq!(c.seen(), &[Some(ms(5))]);
+        assert_eq!(c.last_line(), "rxvmm: userspace up");
+        assert_eq!(skip_escapes(b"\x1b["), b"");
+        assert_eq!(skip_escapes(b"\x1b"), b"");
+    }
+
+    #[test]
     fn long_lines_are_capped_but_still_end() {
         let mut c = LineClock::new(&["abc"]);
         c.feed(&vec![b'z'; 3 * MAX_LINE], ms(1));
@@ -463,6 +511,7 @@ mod tests {
         assert_eq!(run.ended, Ended::Code(7));
         assert!(run.exited_after.is_some() && run.killed.is_none());
         assert_eq!(run.stderr_reason(), Some("oops"));
+        assert_eq!(run.last_line, "done");
     }
 
     #[test]

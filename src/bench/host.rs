@@ -5,6 +5,8 @@ use std::process::{Command, Stdio};
 
 use accel::kvm::KvmHost;
 
+use super::report::Report;
+
 /// What the host is, for the report's header.
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -60,4 +62,36 @@ pub fn version_line(program: &Path) -> Option<String> {
 pub fn load_average() -> Option<String> {
     let text = std::fs::read_to_string("/proc/loadavg").ok()?;
     text.split_whitespace().next().map(str::to_owned)
+}
+
+/// The header facts every benchmark shows: CPU, host kernel, KVM kind, the
+/// rxvmm binary and build profile, and the QEMU compared with.
+pub fn facts(report: &mut Report, host: &Host, exe: &Path, qemu: &Result<PathBuf, String>) {
+    report.fact("cpu", "CPU", format!("{} ({} CPUs)", host.cpu_model, host.cpus));
+    report.fact("kernel", "Host kernel", host.kernel.clone());
+    report.fact("kvm", "KVM", host.kvm_kind());
+    let detail = match host.kvm {
+        KvmHost::Pvm => format!("{}; every guest figure includes that emulation", host.kvm.describe()),
+        _ => host.kvm.describe(),
+    };
+    report.fact("kvm_detail", "KVM kind", detail);
+    let profile = if cfg!(debug_assertions) { "debug build: not representative" } else { "release build" };
+    report.fact("rxvmm", "rxvmm", format!("{} {} ({profile})", exe.display(), env!("CARGO_PKG_VERSION")));
+    let qemu_fact = match qemu {
+        Ok(path) => {
+            let version = version_line(path).unwrap_or_else(|| "version unknown".into());
+            format!("{} ({version})", path.display())
+        }
+        Err(why) => why.clone(),
+    };
+    report.fact("qemu", "QEMU", qemu_fact);
+}
+
+/// The load fact: the 1-minute load average at the start (`before`) and now.
+pub fn load_fact(report: &mut Report, before: Option<String>) {
+    if let (Some(before), Some(after)) = (before, load_average()) {
+        let note = "1-minute load average before and after; other work on the host inflates \
+                    wall-clock figures, not the CPU-time rows";
+        report.fact("load", "Host load", format!("{before} → {after} ({note})"));
+    }
 }

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use accel::kvm::KvmHost;
 
-use super::child::{run_child, spawn_floor_kib, ChildError, ChildRun, ChildSpec, Ended};
+use super::child::{spawn_floor_kib, ChildRun, ChildSpec, Ended};
 use super::host::{self, Host};
 use super::qemu::{self, QemuChoice};
 use super::report::{Outcome, Report, Unit};
+use super::runs::{ms, series, Expect, GuestDir, Series};
 use super::BenchError;
 use crate::exit_code;
 use crate::guests::{self, BENCH_DONE_LINE, BENCH_ITERATIONS, BENCH_START_LINE, BOOT_REPORT_PREFIX, HELLO_LINE};
@@ -30,33 +31,6 @@ pub struct Options {
     /// Runs per measurement; `None` for each one's default.
     pub runs: Option<u32>,
     pub qemu: QemuChoice,
-}
-
-/// How a run must end to count.
-#[derive(Debug, Clone, Copy)]
-enum Expect {
-    /// Exit by itself with this code.
-    Exit(u8),
-    /// Only the marker lines matter (QEMU may need killing).
-    Markers,
-}
-
-/// The runs of one measurement, or why there are none.
-enum Series {
-    Done(Vec<ChildRun>),
-    Failed(String),
-    Skipped(String),
-}
-
-impl Series {
-    /// A row's outcome: `sample` of each run.
-    fn outcome(&self, sample: impl Fn(&ChildRun) -> Option<f64>) -> Outcome {
-        match self {
-            Series::Done(runs) => Outcome::from_samples(runs.iter().filter_map(sample).collect()),
-            Series::Failed(why) => Outcome::Failed(why.clone()),
-            Series::Skipped(why) => Outcome::Skipped(why.clone()),
-        }
-    }
 }
 
 /// A line a boot row is timed to: row key, what the label calls it, prefix.
@@ -109,16 +83,12 @@ pub fn run(opts: &Options) -> Result<(Report, bool), BenchError> {
     b.exit_loops(host.kvm == KvmHost::Pvm)?;
     b.boot_report(&qemu)?;
 
-    if let (Some(before), Some(after)) = (load_before, host::load_average()) {
-        let note = "1-minute load average before and after; other work on the host inflates \
-                    wall-clock figures, not the CPU-time rows";
-        b.report.fact("load", "Host load", format!("{before} → {after} ({note})"));
-    }
+    host::load_fact(&mut b.report, load_before);
     if let Some(kib) = spawn_floor_kib() {
         let why = RSS_FLOOR_NOTE;
         b.report.fact("rss_floor_kib", "RSS floor", format!("{kib} KiB, {why}"));
     }
-    let ok = !b.report.rows.iter().any(|r| r.id.starts_with("rxvmm.") && matches!(r.outcome, Outcome::Failed(_)));
+    let ok = b.report.rxvmm_ok();
     Ok((b.report, ok))
 }
 
@@ -247,81 +217,13 @@ impl Bench {
 }
 
 fn header(report: &mut Report, host: &Host, exe: &Path, qemu: &Result<PathBuf, String>) {
-    report.fact("cpu", "CPU", format!("{} ({} CPUs)", host.cpu_model, host.cpus));
-    report.fact("kernel", "Host kernel", host.kernel.clone());
-    report.fact("kvm", "KVM", host.kvm_kind());
-    let detail = match host.kvm {
-        KvmHost::Pvm => format!("{}; every guest figure includes that emulation", host.kvm.describe()),
-        _ => host.kvm.describe(),
-    };
-    report.fact("kvm_detail", "KVM kind", detail);
-    let profile = if cfg!(debug_assertions) { "debug build: not representative" } else { "release build" };
-    report.fact("rxvmm", "rxvmm", format!("{} {} ({profile})", exe.display(), env!("CARGO_PKG_VERSION")));
-    let qemu_fact = match qemu {
-        Ok(path) => {
-            let version = host::version_line(path).unwrap_or_else(|| "version unknown".into());
-            format!("{} ({version})", path.display())
-        }
-        Err(why) => why.clone(),
-    };
-    report.fact("qemu", "QEMU", qemu_fact);
+    host::facts(report, host, exe, qemu);
     report.fact(
         "method",
         "Method",
         "each run is a child process; times run from just before the spawn to the newline of a line on \
          its stdout pipe, and to its exit (pidfd); one untimed warm-up run before each boot series",
     );
-}
-
-/// `n` timed runs of `spec` (after one untimed one with `warm_up`, so the
-/// first sample doesn't pay for a cold page cache). Stops at the first run
-/// that doesn't meet `expect`, with the reason.
-fn series(spec: &ChildSpec, what: &str, n: u32, warm_up: bool, expect: Expect) -> Result<Series, BenchError> {
-    let program = spec.program.file_name().unwrap_or_default();
-    eprintln!("rxvmm bench: {} {what} × {n}", program.to_string_lossy());
-    let mut runs = Vec::new();
-    for i in 0..n + u32::from(warm_up) {
-        let run = match run_child(spec) {
-            Ok(run) => run,
-            // A missing or broken binary is this row's failure, not the bench's.
-            Err(ChildError::Spawn { program, source }) => {
-                return Ok(Series::Failed(format!("cannot start {program}: {source}")))
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if let Err(why) = check(&run, spec, expect) {
-            return Ok(Series::Failed(why));
-        }
-        if i > 0 || !warm_up {
-            runs.push(run);
-        }
-    }
-    Ok(Series::Done(runs))
-}
-
-/// Why `run` doesn't count, led by the child's own first error line.
-fn check(run: &ChildRun, spec: &ChildSpec, expect: Expect) -> Result<(), String> {
-    let reason = |what: String| match run.stderr_reason() {
-        Some(line) => format!("{line} ({what})"),
-        None => what,
-    };
-    if let Some(i) = run.marks.iter().position(Option::is_none) {
-        let end = run.killed.map_or_else(|| run.ended.to_string(), str::to_owned);
-        return Err(reason(format!("no line starting {:?}; {end}", spec.markers[i])));
-    }
-    if let Expect::Exit(code) = expect {
-        if let Some(why) = run.killed {
-            return Err(reason(format!("killed: {why}")));
-        }
-        if run.ended != Ended::Code(code.into()) {
-            return Err(reason(format!("{}, expected exit code {code}", run.ended)));
-        }
-    }
-    Ok(())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 /// Marker, exit and RSS rows of a boot series. `exit_code`: the code a run
@@ -356,40 +258,4 @@ fn boot_rows(report: &mut Report, id: &str, who: &str, markers: &[Marker], serie
     report.row(format!("{id}.teardown"), label, Unit::Ms, teardown);
     let rss = series.outcome(|r| Some(r.max_rss_kib as f64));
     report.row(format!("{id}.rss"), format!("{who}: peak RSS (ru_maxrss)"), Unit::Kib, rss);
-}
-
-/// A private directory for the guest images, removed when dropped.
-struct GuestDir {
-    path: PathBuf,
-}
-
-impl GuestDir {
-    fn create() -> Result<GuestDir, BenchError> {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        let path = std::env::temp_dir().join(format!("rxvmm-bench-{}-{nanos}", std::process::id()));
-        // create_dir (not _all) fails if the path exists, so it is ours alone.
-        std::fs::create_dir(&path).map_err(|e| BenchError::GuestFile(path.clone(), e))?;
-        Ok(GuestDir { path })
-    }
-
-    /// Builds guest `name` into `<dir>/<name>.elf` (again if it is there).
-    fn write(&self, name: &'static str) -> Result<PathBuf, BenchError> {
-        let image = guests::build(name).map_err(|e| BenchError::Guest(name, e))?;
-        let path = self.path.join(format!("{name}.elf"));
-        std::fs::write(&path, image).map_err(|e| BenchError::GuestFile(path.clone(), e))?;
-        Ok(path)
-    }
-
-    /// `spec`'s command line as a reader can rerun it: guest files by name
-    /// (`rxvmm guest <name> -o <name>.elf` writes them).
-    fn command(&self, guest: &str, spec: &ChildSpec) -> String {
-        let line = spec.display().replace(&format!("{}/", self.path.display()), "");
-        format!("`{guest}`: `{line}`")
-    }
-}
-
-impl Drop for GuestDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
 }

@@ -9,36 +9,56 @@ use super::stats::Summary;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
     Ms,
+    /// Seconds, for boots under an emulator.
+    S,
     Kib,
     NsPerExit,
+    /// Microseconds (per translated block).
+    Us,
+    /// Millions of guest instructions per second.
+    Mips,
     Ratio,
+    /// A plain quantity (instructions per block, blocks).
+    Count,
 }
 
 impl Unit {
     fn name(self) -> &'static str {
         match self {
             Unit::Ms => "ms",
+            Unit::S => "s",
             Unit::Kib => "KiB",
             Unit::NsPerExit => "ns/exit",
+            Unit::Us => "us",
+            Unit::Mips => "MIPS",
             Unit::Ratio => "ratio",
+            Unit::Count => "count",
         }
     }
 
     /// Digits after the point: µs for times, whole KiB and ns.
     fn decimals(self) -> usize {
         match self {
-            Unit::Ms => 3,
+            Unit::Ms | Unit::S | Unit::Us | Unit::Ratio => 3,
             Unit::Kib | Unit::NsPerExit => 0,
-            Unit::Ratio => 2,
+            Unit::Mips | Unit::Count => 1,
         }
     }
 
     fn show(self, v: f64) -> String {
         match self {
             Unit::Ms => format!("{v:.2} ms"),
+            Unit::S => format!("{v:.2} s"),
             Unit::Kib => format!("{v:.0} KiB"),
             Unit::NsPerExit => format!("{v:.0} ns"),
+            Unit::Us => format!("{v:.2} µs"),
+            // Three significant figures from 1 to 99,999 MIPS.
+            Unit::Mips if v < 10.0 => format!("{v:.2} MIPS"),
+            Unit::Mips if v < 100.0 => format!("{v:.1} MIPS"),
+            Unit::Mips => format!("{v:.0} MIPS"),
+            Unit::Ratio if v != 0.0 && v.abs() < 0.01 => format!("{v:.4}×"),
             Unit::Ratio => format!("{v:.2}×"),
+            Unit::Count => format!("{v:.1}"),
         }
     }
 }
@@ -113,6 +133,11 @@ impl Report {
 
     pub fn median(&self, id: &str) -> Option<f64> {
         self.rows.iter().find(|r| r.id == id).and_then(|r| r.outcome.median())
+    }
+
+    /// Whether every rxvmm measurement (rows `rxvmm.*`) produced its figure.
+    pub fn rxvmm_ok(&self) -> bool {
+        !self.rows.iter().any(|r| r.id.starts_with("rxvmm.") && matches!(r.outcome, Outcome::Failed(_)))
     }
 
     pub fn to_markdown(&self) -> String {

@@ -176,3 +176,195 @@ pub fn run_rxvmm(args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> Run 
     let stderr = String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned();
     Run { code, stdout, stderr, elapsed: start.elapsed() }
 }
+
+impl Run {
+    /// Fails unless rxvmm exited by itself: a run killed at its timeout (a
+    /// hung guest or VMM) is reported as such, with the end of its output.
+    pub fn assert_finished(&self) -> &Self {
+        assert!(
+            self.code.is_some(),
+            "rxvmm did not exit: killed after {:.0} s (hung, or far too slow)\n--- stdout (end)\n{}\n--- stderr (end)\n{}",
+            self.elapsed.as_secs_f64(),
+            tail(&self.stdout, 3000),
+            tail(&self.stderr, 3000)
+        );
+        self
+    }
+
+    /// The guest's serial output as lines, without the `\r` its tty adds.
+    pub fn stdout_lines(&self) -> impl Iterator<Item = &str> {
+        self.stdout.lines().map(|l| l.trim_end_matches('\r'))
+    }
+
+    /// The value of the first stdout line that starts with `prefix`, if any.
+    pub fn stdout_value(&self, prefix: &str) -> Option<&str> {
+        self.stdout_lines().find_map(|l| l.strip_prefix(prefix))
+    }
+}
+
+/// The last `max` bytes of `s` (on a char boundary), for failure messages.
+pub fn tail(s: &str, max: usize) -> &str {
+    let mut start = s.len().saturating_sub(max);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// How [`run_rxvmm_with`] runs rxvmm.
+#[derive(Debug, Clone)]
+pub struct RunOptions<'a> {
+    /// Extra environment variables.
+    pub env: Vec<(&'a str, &'a str)>,
+    /// `(marker, input)`: write `input` to stdin once stdout contains
+    /// `marker` (stdin stays open, empty, until then and after).
+    pub input_after: Option<(&'a str, &'a [u8])>,
+    /// Kill rxvmm after this long (the run then has code None).
+    pub timeout: Duration,
+}
+
+impl RunOptions<'_> {
+    pub fn timeout(timeout: Duration) -> Self {
+        RunOptions { env: Vec::new(), input_after: None, timeout }
+    }
+}
+
+/// Runs rxvmm with `args` as [`run_rxvmm`] does, plus the environment and
+/// the stdin written after a stdout marker that `opts` asks for.
+pub fn run_rxvmm_with(args: &[&str], opts: &RunOptions) -> Run {
+    let mut cmd = Command::new(rxvmm());
+    cmd.args(args);
+    for (key, value) in &opts.env {
+        cmd.env(key, value);
+    }
+    run_bounded(cmd, opts.input_after, opts.timeout)
+}
+
+/// Runs `cmd` with piped stdio, killing it after `timeout` (code None).
+/// With `input_after = Some((marker, input))`, `input` is written to its
+/// stdin as soon as its stdout contains `marker`; stdin is closed only when
+/// the process has ended, so a reader never sees an early EOF.
+pub fn run_bounded(mut cmd: Command, input_after: Option<(&str, &[u8])>, timeout: Duration) -> Run {
+    use std::sync::{Arc, Mutex};
+
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
+    let mut stdin = child.stdin.take();
+    // stdout is collected as it arrives so the marker can be watched for.
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    let mut out = child.stdout.take().expect("stdout pipe");
+    let out_t = {
+        let stdout = Arc::clone(&stdout);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match out.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => stdout.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+            }
+        })
+    };
+    let mut err = child.stderr.take().expect("stderr pipe");
+    let err_t = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let mut pending = input_after;
+    let code = loop {
+        if let Some((marker, input)) = pending {
+            let seen = {
+                let so_far = stdout.lock().unwrap_or_else(|e| e.into_inner());
+                String::from_utf8_lossy(&so_far).contains(marker)
+            };
+            if seen {
+                if let Some(pipe) = stdin.as_mut() {
+                    // A failed write means the process is gone: its exit
+                    // status and output tell the story.
+                    let _ = pipe.write_all(input).and_then(|()| pipe.flush());
+                }
+                pending = None;
+            }
+        }
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            break status.code();
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    drop(stdin);
+    let _ = out_t.join();
+    let stdout = std::mem::take(&mut *stdout.lock().unwrap_or_else(|e| e.into_inner()));
+    let stdout = String::from_utf8_lossy(&stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned();
+    Run { code, stdout, stderr, elapsed: start.elapsed() }
+}
+
+/// The busybox binary of the default guest, extracted from its initramfs
+/// (once per test process): the very code the guest runs, which runs on the
+/// host too (it is static).
+pub fn guest_busybox() -> &'static Path {
+    static BUSYBOX: OnceLock<PathBuf> = OnceLock::new();
+    BUSYBOX.get_or_init(|| {
+        let initrd = &default_guest().initrd;
+        let path = scratch_dir().join("busybox");
+        let out = Command::new("bash")
+            .args(["-c", r#"set -o pipefail; gzip -dc "$1" | cpio -i --quiet --to-stdout bin/busybox >"$2""#, "-"])
+            .arg(initrd)
+            .arg(&path)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run bash to extract busybox: {e}"));
+        assert!(
+            out.status.success(),
+            "extracting bin/busybox from {} failed ({}; gzip and cpio are needed): {}",
+            initrd.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let image = std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        assert!(image.starts_with(b"\x7fELF"), "bin/busybox from {} is not an ELF file", initrd.display());
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+        path
+    })
+}
+
+/// A directory with one symlink to [`guest_busybox`] per applet (`sh`,
+/// `awk`, `sort`...): as `PATH`, it makes the host run exactly the guest's
+/// tools.
+pub fn guest_busybox_applets() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let busybox = guest_busybox();
+        let out = Command::new(busybox)
+            .arg("--list")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {} on the host: {e}", busybox.display()));
+        assert!(out.status.success(), "{} --list failed ({})", busybox.display(), out.status);
+        let dir = scratch_dir().join("busybox-applets");
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        for applet in String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|a| !a.is_empty()) {
+            let link = dir.join(applet);
+            if link.symlink_metadata().is_err() {
+                std::os::unix::fs::symlink(busybox, &link)
+                    .unwrap_or_else(|e| panic!("symlink {}: {e}", link.display()));
+            }
+        }
+        dir
+    })
+}

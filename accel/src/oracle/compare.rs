@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use iced_x86::{Formatter, IntelFormatter};
+use iced_x86::{Formatter, IntelFormatter, Mnemonic};
 
 use super::{undefined_flags_mask, Fault, OracleError, Outcome, TestCase, GPR_NAMES, USER_FLAGS};
 
@@ -87,7 +87,19 @@ pub fn localise(case: &TestCase, run_a: &mut Runner<'_>, run_b: &mut Runner<'_>)
     let prefixes: Vec<TestCase> = (0..=case.len()).filter_map(|n| case.prefix(n)).collect();
     let a = run_a(&prefixes)?;
     let b = run_b(&prefixes)?;
-    let first = prefixes.iter().zip(a.iter().zip(&b)).position(|(p, (a, b))| compare(p, a, b).is_err());
+    // A prefix that stops right after a PUSHF keeps the bits its AND would
+    // have masked (IF differs between the host and the guest): skipped.
+    let instrs = case.instructions();
+    let cut_pushf = |n: usize| {
+        n.checked_sub(1)
+            .and_then(|k| instrs.get(k))
+            .is_some_and(|i| matches!(i.mnemonic(), Mnemonic::Pushf | Mnemonic::Pushfq))
+    };
+    let first = prefixes
+        .iter()
+        .zip(a.iter().zip(&b))
+        .enumerate()
+        .position(|(n, (p, (a, b)))| !cut_pushf(n) && compare(p, a, b).is_err());
     Ok(first.and_then(|n| n.checked_sub(1)))
 }
 

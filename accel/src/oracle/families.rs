@@ -15,6 +15,9 @@ pub(crate) enum Slot {
     Fixed(Register),
     /// A register or a memory operand of this many bytes.
     RegOrMem(u8),
+    /// A memory operand (never a register) of this many bytes:
+    /// CMPXCHG8B/16B, MOVBE.
+    Mem(u8),
     /// LEA's address: computed, never accessed.
     Address,
     /// A `moffs` absolute 64-bit address (MOV AL/AX/EAX/RAX forms).
@@ -100,26 +103,31 @@ const FAMILIES: &[(&str, u64, &[Mnemonic])] = &[
     ("logic", 5, &[M::And, M::Or, M::Xor]),
     ("compare", 4, &[M::Cmp, M::Test]),
     ("unary", 4, &[M::Inc, M::Dec, M::Neg, M::Not]),
-    ("shift", 5, &[M::Shl, M::Shr, M::Sar]),
+    ("shift", 5, &[M::Shl, M::Sal, M::Shr, M::Sar]),
+    ("double shift", 2, &[M::Shld, M::Shrd]),
     ("rotate", 4, &[M::Rol, M::Ror, M::Rcl, M::Rcr]),
     ("mul", 4, &[M::Mul, M::Imul]),
     ("div", 2, &[M::Div, M::Idiv]),
     ("bittest", 3, &[M::Bt, M::Bts, M::Btr, M::Btc]),
     ("bitscan", 3, &[M::Bsf, M::Bsr, M::Lzcnt, M::Tzcnt, M::Popcnt]),
-    ("bswap", 1, &[M::Bswap]),
+    ("bswap", 1, &[M::Bswap, M::Movbe]),
     ("exchange", 3, &[M::Xchg, M::Xadd, M::Cmpxchg]),
+    ("exchange wide", 1, &[M::Cmpxchg8b, M::Cmpxchg16b]),
+    ("adx", 1, &[M::Adcx, M::Adox]),
     ("setcc", 3, SETCC),
     ("cmovcc", 3, CMOVCC),
     ("lea", 3, &[M::Lea]),
     ("stack", 3, &[M::Push, M::Pop]),
     ("convert", 2, &[M::Cbw, M::Cwde, M::Cdqe, M::Cwd, M::Cdq, M::Cqo]),
-    ("flags", 2, &[M::Sahf, M::Lahf, M::Clc, M::Stc, M::Cmc]),
+    ("flags", 2, &[M::Sahf, M::Lahf, M::Clc, M::Stc, M::Cmc, M::Cld, M::Std]),
 ];
 
 /// Forms left out on purpose: undocumented aliases, and encodings whose
-/// result the SDM leaves undefined (BSWAP r16) or discourages (MOVSXD
-/// without REX.W).
+/// result the SDM leaves undefined (BSWAP r16; SHLD/SHRD r16 by CL, whose
+/// count may exceed 16) or discourages (MOVSXD without REX.W).
 const EXCLUDED: &[Code] = &[
+    Code::Shld_rm16_r16_CL,
+    Code::Shrd_rm16_r16_CL,
     Code::Test_rm8_imm8_F6r1,
     Code::Test_rm16_imm16_F7r1,
     Code::Test_rm32_imm32_F7r1,
@@ -129,7 +137,8 @@ const EXCLUDED: &[Code] = &[
     Code::Movsxd_r32_rm32,
 ];
 
-fn slot(kind: OpCodeOperandKind, mnemonic: Mnemonic) -> Option<Slot> {
+/// `mem_bytes`: the size of the form's memory operand, if it has one.
+fn slot(kind: OpCodeOperandKind, mnemonic: Mnemonic, mem_bytes: Option<u8>) -> Option<Slot> {
     use OpCodeOperandKind as K;
     Some(match kind {
         K::r8_reg | K::r8_opcode => Slot::Reg(1),
@@ -141,6 +150,7 @@ fn slot(kind: OpCodeOperandKind, mnemonic: Mnemonic) -> Option<Slot> {
         K::r32_or_mem => Slot::RegOrMem(4),
         K::r64_or_mem => Slot::RegOrMem(8),
         K::mem if mnemonic == Mnemonic::Lea => Slot::Address,
+        K::mem => Slot::Mem(mem_bytes?),
         K::mem_offs => Slot::MemOffs,
         K::al => Slot::Fixed(Register::AL),
         K::ax => Slot::Fixed(Register::AX),
@@ -164,8 +174,17 @@ fn host_has(feature: CpuidFeature) -> bool {
         CpuidFeature::LZCNT => std::arch::is_x86_feature_detected!("lzcnt"),
         CpuidFeature::BMI1 => std::arch::is_x86_feature_detected!("bmi1"),
         CpuidFeature::POPCNT => std::arch::is_x86_feature_detected!("popcnt"),
+        CpuidFeature::ADX => std::arch::is_x86_feature_detected!("adx"),
+        CpuidFeature::CMPXCHG16B => std::arch::is_x86_feature_detected!("cmpxchg16b"),
+        CpuidFeature::MOVBE => host_has_movbe(),
         _ => true,
     }
+}
+
+/// CPUID.1:ECX.MOVBE[bit 22].
+fn host_has_movbe() -> bool {
+    let leaf1 = std::arch::x86_64::__cpuid(1);
+    leaf1.ecx & (1 << 22) != 0
 }
 
 fn form(code: Code) -> Option<Form> {
@@ -180,7 +199,9 @@ fn form(code: Code) -> Option<Form> {
     {
         return None;
     }
-    let slots = (0..op.op_count()).map(|i| slot(op.op_kind(i), code.mnemonic())).collect::<Option<Vec<_>>>()?;
+    let mem_bytes = u8::try_from(probe.memory_size().size()).ok().filter(|&n| n > 0);
+    let slots =
+        (0..op.op_count()).map(|i| slot(op.op_kind(i), code.mnemonic(), mem_bytes)).collect::<Option<Vec<_>>>()?;
     Some(Form { code, slots })
 }
 

@@ -10,8 +10,9 @@
 //! flags are those from before it) is what a comparison must ignore.
 //!
 //! Refinements over iced's static tables, from the SDM:
-//! - shifts and rotates by CL may not write any flag (a zero count leaves
-//!   all unchanged), so they never *remove* a flag from the set;
+//! - shifts and rotates (SHLD/SHRD too) by CL may not write any flag (a
+//!   zero count leaves all unchanged), so they never *remove* a flag from
+//!   the set; by an immediate that masks to zero they change nothing;
 //! - SHL/SHR of 8- and 16-bit operands by a count ≥ the operand size leave
 //!   CF undefined (with CL, the count is unknown: CF may be undefined);
 //! - REP CMPS/SCAS with a zero count write no flags.
@@ -77,10 +78,13 @@ pub(crate) fn effect(i: &Instruction) -> FlagEffect {
             | Mnemonic::Ror
             | Mnemonic::Rcl
             | Mnemonic::Rcr
+            | Mnemonic::Shld
+            | Mnemonic::Shrd
     ) {
         let bits = operand_bits(i);
         let shl_shr = matches!(m, Mnemonic::Shl | Mnemonic::Shr | Mnemonic::Sal);
-        if i.op1_kind() == OpKind::Register {
+        let count_op = if matches!(m, Mnemonic::Shld | Mnemonic::Shrd) { 2 } else { 1 };
+        if i.op_kind(count_op) == OpKind::Register {
             // Count in CL: it may be zero (no flag changes) or anything.
             defines = 0;
             if shl_shr && bits < 32 {
@@ -88,8 +92,12 @@ pub(crate) fn effect(i: &Instruction) -> FlagEffect {
             }
         } else {
             let mask = if bits == 64 { 0x3f } else { 0x1f };
-            let count = (i.immediate8() as u32) & mask;
-            if shl_shr && count >= bits {
+            let count = (i.immediate(count_op) as u32) & mask;
+            if count == 0 {
+                // A zero count changes no flag.
+                defines = 0;
+                undefines = 0;
+            } else if shl_shr && count >= bits {
                 undefines |= RflagsBits::CF;
                 defines &= !RflagsBits::CF;
             }
@@ -170,7 +178,8 @@ pub(crate) fn flag_states(code: &[u8]) -> Vec<(Instruction, Option<u32>)> {
                 }
             };
             let flow = instr.flow_control();
-            if matches!(flow, FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch)
+            // A CALL here never returns: a jump that pushes.
+            if matches!(flow, FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch | FlowControl::Call)
                 && instr.op0_kind() == OpKind::NearBranch64
             {
                 if let Some(t) = index_of(instr.near_branch64()) {
@@ -183,6 +192,8 @@ pub(crate) fn flag_states(code: &[u8]) -> Vec<(Instruction, Option<u32>)> {
                     | FlowControl::IndirectBranch
                     | FlowControl::Return
                     | FlowControl::Exception
+                    | FlowControl::Call
+                    | FlowControl::IndirectCall
             ) && instr.code() != Code::Ud2;
             if falls_through && idx + 1 < instrs.len() {
                 flow_to(idx + 1);

@@ -40,6 +40,7 @@ pub mod native;
 mod rng;
 pub mod scaffold;
 pub mod sequence;
+mod steps;
 
 pub use compare::{compare, localise, Divergence, Runner};
 pub use flags::undefined_flags_mask;

@@ -104,13 +104,64 @@ fn encode_block(instrs: &[Instruction]) -> Option<Vec<u8>> {
 /// only uses them to tell instructions apart and resolve branch targets).
 const FAKE_IP: u64 = 0x4000_0000;
 
-/// A jump a step emitted: its target step, and whether it is a JMP.
+/// A jump a step emitted: its target step, and whether it never falls
+/// through (JMP, CALL).
 struct Jump {
     target: usize,
     unconditional: bool,
 }
 
+/// Counted forward branches: LOOP/LOOPE/LOOPNE by RCX or ECX (0x67), JRCXZ
+/// and JECXZ. rel8 only, so their targets are at most three steps ahead.
+const COUNTED: &[Code] = &[
+    Code::Loop_rel8_64_RCX,
+    Code::Loop_rel8_64_ECX,
+    Code::Loope_rel8_64_RCX,
+    Code::Loopne_rel8_64_RCX,
+    Code::Loopne_rel8_64_ECX,
+    Code::Jrcxz_rel8_64,
+    Code::Jecxz_rel8_64,
+];
+
 impl Gen {
+    /// A forward branch from `step` of `steps`: Jcc/JMP, a counted branch,
+    /// or a CALL (pushes its return address and never returns).
+    fn branch(&mut self, step: usize, steps: usize) -> Option<(Instruction, usize, bool)> {
+        let mut reach = (steps - step) as u64;
+        let (code, unconditional) = match self.rng.below(10) {
+            0 => (Code::Call_rel32_64, true),
+            1 => {
+                reach = reach.min(3);
+                (self.rng.pick(COUNTED)?, false)
+            }
+            _ => {
+                let (short, near) = self.rng.pick(JCC)?;
+                let code = if self.rng.chance(70) { short } else { near };
+                (code, matches!(code, Code::Jmp_rel8_64 | Code::Jmp_rel32_64))
+            }
+        };
+        let instr = Instruction::with_branch(code, 0).ok()?;
+        if flags::effect(&instr).read & self.undef != 0 {
+            return None;
+        }
+        let target = step + 1 + self.rng.below(reach) as usize;
+        Some((instr, target, unconditional))
+    }
+
+    /// An instruction of a random family: (instruction, its family's name).
+    pub(super) fn plain(&mut self) -> Option<(Instruction, &'static str)> {
+        let fams = families();
+        let total: u64 = fams.iter().map(|f| f.weight).sum();
+        let mut pick = self.rng.below(total);
+        let fam = fams.iter().find(|f| {
+            let hit = pick < f.weight;
+            pick = pick.saturating_sub(f.weight);
+            hit
+        })?;
+        let form = fam.forms.get(self.rng.below(fam.forms.len() as u64) as usize)?;
+        Some((self.instance(form)?, fam.name))
+    }
+
     /// Emits one step at `step` of `steps`; returns the jump if it was one.
     fn step(
         &mut self,
@@ -119,21 +170,12 @@ impl Gen {
         steps: usize,
         jumps: &mut Vec<(usize, usize)>,
     ) -> Option<Jump> {
-        let fams = families();
-        let total: u64 = fams.iter().map(|f| f.weight).sum();
         for _ in 0..32 {
             let roll = self.rng.below(100);
             if roll < 8 {
-                let (short, near) = self.rng.pick(JCC)?;
-                let code = if self.rng.chance(70) { short } else { near };
-                let Ok(instr) = Instruction::with_branch(code, 0) else { continue };
-                if flags::effect(&instr).read & self.undef != 0 {
-                    continue;
-                }
-                let target = step + 1 + self.rng.below((steps - step) as u64) as usize;
+                let Some((instr, target, unconditional)) = self.branch(step, steps) else { continue };
                 jumps.push((out.len(), target));
                 out.push(instr);
-                let unconditional = matches!(code, Code::Jmp_rel8_64 | Code::Jmp_rel32_64);
                 return Some(Jump { target, unconditional });
             }
             if roll < 16 {
@@ -142,19 +184,14 @@ impl Gen {
                 }
                 continue;
             }
-            let mut pick = self.rng.below(total);
-            let Some(fam) = fams.iter().find(|f| {
-                let hit = pick < f.weight;
-                pick = pick.saturating_sub(f.weight);
-                hit
-            }) else {
+            if roll < 22 {
+                if self.composite(out).is_some() {
+                    return None;
+                }
                 continue;
-            };
-            let Some(form) = fam.forms.get(self.rng.below(fam.forms.len() as u64) as usize) else {
-                continue;
-            };
-            let Some(instr) = self.instance(form) else { continue };
-            if fam.name == "div" && self.rng.chance(50) {
+            }
+            let Some((instr, family)) = self.plain() else { continue };
+            if family == "div" && self.rng.chance(50) {
                 // Make a quotient that fits likely: zero RDX first.
                 if let Ok(x) = Instruction::with2(Code::Xor_r32_rm32, Register::EDX, Register::EDX) {
                     out.push(x);
@@ -172,6 +209,24 @@ fn join(a: Option<u32>, b: Option<u32>) -> Option<u32> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a | b),
         (a, b) => a.or(b),
+    }
+}
+
+/// DF where paths meet: `None` for no path yet, `Some(None)` if the paths
+/// disagree.
+fn join_df(a: Option<Option<bool>>, b: Option<Option<bool>>) -> Option<Option<bool>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if a == b { a } else { None }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// DF after `i`, given DF before (POPF's is set by the step that made it).
+fn df_after(i: &Instruction, df: Option<bool>) -> Option<bool> {
+    match i.mnemonic() {
+        iced_x86::Mnemonic::Cld => Some(false),
+        iced_x86::Mnemonic::Std => Some(true),
+        _ => df,
     }
 }
 
@@ -239,7 +294,7 @@ pub fn generate(seed: u64) -> TestCase {
         pointers.iter().map(|p| p.reg).chain(index.map(|(r, _)| r)).chain(fault_reg).fold(0u32, |m, r| m | 1 << r);
     let mut g = Gen {
         rng,
-        df: init.rflags & 0x400 != 0,
+        df: Some(init.rflags & 0x400 != 0),
         pointers,
         index,
         fault_reg,
@@ -247,6 +302,7 @@ pub fn generate(seed: u64) -> TestCase {
         fault_budget: u32::from(faulting),
         undef: 0,
         info: InstructionInfoFactory::new(),
+        back_edges: Vec::new(),
     };
 
     let steps = 1 + g.rng.below(16) as usize;
@@ -254,23 +310,36 @@ pub fn generate(seed: u64) -> TestCase {
     let mut starts = Vec::with_capacity(steps + 1);
     let mut jumps = Vec::new();
     let mut incoming: Vec<Option<u32>> = vec![None; steps + 1];
+    let mut incoming_df: Vec<Option<Option<bool>>> = vec![None; steps + 1];
     let mut live = Some(0);
+    let mut live_df = Some(g.df);
     for step in 0..steps {
         starts.push(out.len());
         live = join(live, incoming[step]);
+        live_df = join_df(live_df, incoming_df[step]);
         // Dead code (after a JMP nothing jumps over) never runs: any state.
         g.undef = live.unwrap_or(0);
+        g.df = live_df.flatten();
         let first = out.len();
+        let df_before = g.df;
         let jump = g.step(&mut out, step, steps, &mut jumps);
+        // A POPF step set g.df itself; CLD/STD are applied here.
+        let mut df = if g.df != df_before { g.df } else { df_before };
         for i in &out[first..] {
             g.undef = flags::effect(i).apply(g.undef) & TRACKED;
+            df = df_after(i, df);
         }
+        g.df = df;
+        let here = live.map(|_| g.undef);
+        let here_df = live_df.map(|_| g.df);
         match jump {
             Some(j) => {
-                incoming[j.target] = join(incoming[j.target], live.map(|_| g.undef));
-                live = if j.unconditional { None } else { live.map(|_| g.undef) };
+                incoming[j.target] = join(incoming[j.target], here);
+                incoming_df[j.target] = join_df(incoming_df[j.target], here_df);
+                live = if j.unconditional { None } else { here };
+                live_df = if j.unconditional { None } else { here_df };
             }
-            None => live = live.map(|_| g.undef),
+            None => (live, live_df) = (here, here_df),
         }
     }
     starts.push(out.len());
@@ -282,6 +351,9 @@ pub fn generate(seed: u64) -> TestCase {
         let ip = FAKE_IP + 16 * starts[target] as u64;
         out[at].set_near_branch64(ip);
     }
+    for (at, target) in std::mem::take(&mut g.back_edges) {
+        out[at].set_near_branch64(FAKE_IP + 16 * target as u64);
+    }
     let code = encode_block(&out).unwrap_or_else(|| vec![0x0f, 0x0b]);
     TestCase { seed, code, init, data, stack }
 }
@@ -289,6 +361,7 @@ pub fn generate(seed: u64) -> TestCase {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use iced_x86::Mnemonic;
 
     #[test]
     fn generation_is_deterministic_and_ends_in_ud2() {
@@ -306,16 +379,28 @@ mod tests {
     }
 
     #[test]
-    fn jumps_only_go_forward_to_instruction_starts() {
+    fn jumps_go_forward_or_close_a_counted_loop() {
+        let mut loops = 0;
         for seed in 0..2000 {
             let case = generate(seed);
             let instrs = case.instructions();
-            for i in instrs.iter().filter(|i| i.op0_kind() == OpKind::NearBranch64) {
+            for (k, i) in instrs.iter().enumerate().filter(|(_, i)| i.op0_kind() == OpKind::NearBranch64) {
                 let t = i.near_branch64();
-                assert!(t > i.ip(), "seed {seed}: backward jump");
                 assert!(instrs.iter().any(|j| j.ip() == t), "seed {seed}: mid-instruction");
+                if t <= i.ip() {
+                    // Backward: LOOPcc after `mov ecx, n` (n <= 4) and a
+                    // body that doesn't write RCX.
+                    assert!(matches!(i.mnemonic(), Mnemonic::Loop | Mnemonic::Loope | Mnemonic::Loopne), "seed {seed}");
+                    let start = instrs.iter().position(|j| j.ip() == t).unwrap();
+                    let init = &instrs[start - 1];
+                    assert_eq!(init.code(), Code::Mov_r32_imm32, "seed {seed}");
+                    assert!(init.op0_register() == Register::ECX && (1..=4).contains(&init.immediate32()));
+                    assert!(instrs[start..k].iter().all(|j| !j.is_jcc_short_or_near() && !j.is_loop()));
+                    loops += 1;
+                }
             }
         }
+        assert!(loops > 10, "only {loops} counted loops");
     }
 
     #[test]
@@ -343,9 +428,18 @@ mod tests {
         // may be undefined before it.
         for seed in 0..3000 {
             let case = generate(seed);
-            for (i, before) in flags::flag_states(&case.code) {
+            let states = flags::flag_states(&case.code);
+            for (k, (i, before)) in states.iter().enumerate() {
                 let Some(undef) = before else { continue }; // dead code
-                assert_eq!(flags::effect(&i).read & undef, 0, "seed {seed}: {i} reads an undefined flag");
+                                                            // PUSHF's image has its undefined bits cleared by the next
+                                                            // instruction, an AND to [rsp].
+                let masked = matches!(i.mnemonic(), Mnemonic::Pushf | Mnemonic::Pushfq)
+                    && states
+                        .get(k + 1)
+                        .is_some_and(|(n, _)| n.mnemonic() == Mnemonic::And && n.memory_base() == Register::RSP);
+                if !masked {
+                    assert_eq!(flags::effect(i).read & undef, 0, "seed {seed}: {i} reads an undefined flag");
+                }
             }
         }
     }

@@ -2,6 +2,7 @@
 //! and the port-I/O side of the VMM. Built by the vCPU loop around each
 //! block execution and handed to the interpreter and every helper.
 
+use super::apic::CpuApic;
 use super::exception::Result;
 use super::mmu::{Access, CodePages, CpuMemory, LinearMemory, Privilege};
 use super::state::X86State;
@@ -29,6 +30,22 @@ pub trait CpuBus: LinearMemory {
     /// Atomically stores `new` at `linear` if it holds `expected`; returns
     /// the value found (equal to `expected` on success).
     fn cmpxchg(&mut self, state: &mut X86State, linear: u64, size: usize, expected: u64, new: u64) -> Result<u64>;
+    /// CMPXCHG16B's memory side: #GP(0) unless `linear` is 16-byte aligned,
+    /// else stores `new` if the 16 bytes there hold `expected`; returns the
+    /// value found. The default (for test doubles) is not atomic.
+    fn cmpxchg16(&mut self, state: &mut X86State, linear: u64, expected: u128, new: u128) -> Result<u128> {
+        if !linear.is_multiple_of(16) {
+            return Err(super::exception::Exception::gp0());
+        }
+        let lo = self.read(state, linear, 8, Access::Write, Privilege::Current)?;
+        let hi = self.read(state, linear.wrapping_add(8), 8, Access::Write, Privilege::Current)?;
+        let old = u128::from(hi) << 64 | u128::from(lo);
+        if old == expected {
+            self.write(state, linear, 8, new as u64, Privilege::Current)?;
+            self.write(state, linear.wrapping_add(8), 8, (new >> 64) as u64, Privilege::Current)?;
+        }
+        Ok(old)
+    }
     /// Drops cached translations: non-global ones (CR3 write), or all of
     /// them (`include_global`: CR0/CR4 paging changes).
     fn flush_tlb(&mut self, include_global: bool);
@@ -59,6 +76,9 @@ pub struct CpuContext<'a> {
     /// This vCPU's APIC ID and the VM's vCPU count (CPUID topology).
     pub cpu_id: u8,
     pub vcpus: u8,
+    /// This vCPU's local APIC (LAPIC MSRs, CR8), when the VM emulates the
+    /// interrupt controllers; without one those MSRs are plain state.
+    pub apic: Option<&'a CpuApic>,
 }
 
 impl CpuBus for CpuMemory {
@@ -79,6 +99,9 @@ impl CpuBus for CpuMemory {
     }
     fn cmpxchg(&mut self, state: &mut X86State, linear: u64, size: usize, expected: u64, new: u64) -> Result<u64> {
         CpuMemory::cmpxchg(self, state, linear, size, expected, new).map(|(_, old)| old)
+    }
+    fn cmpxchg16(&mut self, state: &mut X86State, linear: u64, expected: u128, new: u128) -> Result<u128> {
+        CpuMemory::cmpxchg16(self, state, linear, expected, new).map(|(_, old)| old)
     }
     fn flush_tlb(&mut self, include_global: bool) {
         if include_global {

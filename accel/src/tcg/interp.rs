@@ -11,7 +11,8 @@ use std::mem::{offset_of, size_of};
 use super::context::CpuContext;
 use super::exception::Exception;
 use super::flags::CcOp;
-use super::ir::{BinOp, ExtKind, Op, UnOp};
+use super::ir::{BinOp, ExtKind, MemFlags, MemSize, Op, UnOp};
+use super::mmu::walker::is_canonical;
 use super::mmu::{Access, Privilege};
 use super::state::{Msrs, TableReg, X86State};
 
@@ -96,26 +97,36 @@ pub fn validate(ops: &[Op], num_temps: usize, label_pos: &[usize]) -> Result<(),
 
 const CC_OP_OFFSET: u32 = offset_of!(X86State, cc_op) as u32;
 
-fn ld_env(state: &X86State, offset: u32, size: usize) -> u64 {
-    let mut bytes = [0u8; 8];
+#[inline(always)]
+fn ld_env(state: &X86State, offset: u32, size: MemSize) -> u64 {
+    let p = (state as *const X86State as *const u8).wrapping_add(offset as usize);
     // SAFETY: `validate` (run when the block was built) checked that
     // `offset..offset+size` lies inside plain-integer fields of X86State
-    // without padding, so these bytes are initialised and in bounds.
+    // without padding, so these bytes are initialised and in bounds. The
+    // reads are unaligned-tolerant; one typed load per size, no memcpy call.
     unsafe {
-        let src = (state as *const X86State as *const u8).add(offset as usize);
-        std::ptr::copy_nonoverlapping(src, bytes.as_mut_ptr(), size);
+        match size {
+            MemSize::B1 => u64::from(p.read()),
+            MemSize::B2 => u64::from(p.cast::<u16>().read_unaligned()),
+            MemSize::B4 => u64::from(p.cast::<u32>().read_unaligned()),
+            MemSize::B8 => p.cast::<u64>().read_unaligned(),
+        }
     }
-    u64::from_le_bytes(bytes)
 }
 
-fn st_env(state: &mut X86State, offset: u32, size: usize, value: u64) {
+#[inline(always)]
+fn st_env(state: &mut X86State, offset: u32, size: MemSize, value: u64) {
     let value = if offset == CC_OP_OFFSET { CcOp::from_u64(value).unwrap_or(CcOp::Eflags) as u64 } else { value };
-    let bytes = value.to_le_bytes();
+    let p = (state as *mut X86State as *mut u8).wrapping_add(offset as usize);
     // SAFETY: as in `ld_env`: the range is inside plain-integer fields,
     // where any bit pattern is valid; `cc_op` was sanitised above.
     unsafe {
-        let dst = (state as *mut X86State as *mut u8).add(offset as usize);
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, size);
+        match size {
+            MemSize::B1 => p.write(value as u8),
+            MemSize::B2 => p.cast::<u16>().write_unaligned(value as u16),
+            MemSize::B4 => p.cast::<u32>().write_unaligned(value as u32),
+            MemSize::B8 => p.cast::<u64>().write_unaligned(value),
+        }
     }
 }
 
@@ -167,6 +178,18 @@ fn ext(kind: ExtKind, a: u64) -> u64 {
     }
 }
 
+/// The MMU reports a non-canonical address as #GP(0); for a stack
+/// reference (`size` bytes at `addr`) the CPU raises #SS(0) instead.
+fn stack_fault(e: Exception, flags: MemFlags, addr: u64, size: usize) -> Exception {
+    let last = addr.wrapping_add(size.max(1) as u64 - 1);
+    let non_canonical = !is_canonical(addr) || !is_canonical(last);
+    if flags.contains(MemFlags::STACK) && e == Exception::gp0() && non_canonical {
+        Exception::with_code(super::exception::vector::SS, 0)
+    } else {
+        e
+    }
+}
+
 /// Runs `ops` (validated by [`validate`] against `temps.len()` and
 /// `label_pos`) until the block exits.
 pub fn execute(ctx: &mut CpuContext<'_>, ops: &[Op], label_pos: &[usize], temps: &mut [u64]) -> TbExit {
@@ -210,10 +233,11 @@ pub fn execute(ctx: &mut CpuContext<'_>, ops: &[Op], label_pos: &[usize], temps:
             Op::Ext { kind, dst, a } => t!(dst) = ext(kind, t!(a)),
             Op::SetCond { cond, dst, a, b } => t!(dst) = u64::from(cond.eval(t!(a), t!(b))),
             Op::Select { cond, dst, a, b, t, f } => t!(dst) = if cond.eval(t!(a), t!(b)) { t!(t) } else { t!(f) },
-            Op::LdEnv { dst, offset, size } => t!(dst) = ld_env(ctx.state, offset, size.bytes()),
-            Op::StEnv { src, offset, size } => st_env(ctx.state, offset, size.bytes(), t!(src)),
-            Op::Load { dst, addr, size, sign } => {
-                match ctx.mem.read(ctx.state, t!(addr), size.bytes(), Access::Read, Privilege::Current) {
+            Op::LdEnv { dst, offset, size } => t!(dst) = ld_env(ctx.state, offset, size),
+            Op::StEnv { src, offset, size } => st_env(ctx.state, offset, size, t!(src)),
+            Op::Load { dst, addr, size, sign, flags } => {
+                let access = if flags.contains(MemFlags::RMW) { Access::Write } else { Access::Read };
+                match ctx.mem.read(ctx.state, t!(addr), size.bytes(), access, Privilege::Current) {
                     Ok(v) => {
                         t!(dst) = if sign {
                             let shift = 64 - 8 * size.bytes() as u32;
@@ -224,15 +248,15 @@ pub fn execute(ctx: &mut CpuContext<'_>, ops: &[Op], label_pos: &[usize], temps:
                     }
                     Err(e) => {
                         ctx.state.rip = insn_pc;
-                        return fault(e, insn_pc, insn_len);
+                        return fault(stack_fault(e, flags, t!(addr), size.bytes()), insn_pc, insn_len);
                     }
                 }
             }
-            Op::Store { src, addr, size } => {
+            Op::Store { src, addr, size, flags } => {
                 wrote = true;
                 if let Err(e) = ctx.mem.write(ctx.state, t!(addr), size.bytes(), t!(src), Privilege::Current) {
                     ctx.state.rip = insn_pc;
-                    return fault(e, insn_pc, insn_len);
+                    return fault(stack_fault(e, flags, t!(addr), size.bytes()), insn_pc, insn_len);
                 }
             }
             Op::Call { helper, ref args, nargs, ret } => {
@@ -349,6 +373,7 @@ mod tests {
             code_pages: &code_pages,
             cpu_id: 0,
             vcpus: 1,
+            apic: None,
         };
         execute(&mut ctx, ops, labels, &mut [0; 8])
     }
@@ -388,7 +413,7 @@ mod tests {
             Op::StEnv { src: acc, offset: RAX, size: MemSize::B8 },
             Op::InsnStart { pc: 0x103, len: 4 },
             Op::Movi { dst: i, imm: 0x10_0000 },
-            Op::Store { src: acc, addr: i, size: MemSize::B4 },
+            Op::Store { src: acc, addr: i, size: MemSize::B4, flags: MemFlags::NONE },
             Op::ExitTb { kind: ExitKind::Lookup },
         ];
         let exit = run(&mut state, &mut mem, &ops, &[5]);

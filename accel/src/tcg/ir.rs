@@ -179,6 +179,28 @@ impl MemSize {
     }
 }
 
+/// How a guest-memory access is checked, beyond its size (bit set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MemFlags(pub u8);
+
+impl MemFlags {
+    pub const NONE: MemFlags = MemFlags(0);
+    /// The read half of a read-modify-write: checked for write permission
+    /// (a #PF reports W, and the dirty bit is set), as the CPU does, so a
+    /// faulting RMW reports the same error code whichever half faults.
+    pub const RMW: MemFlags = MemFlags(1 << 0);
+    /// A stack reference (implicit, or formed from RSP/RBP): a
+    /// non-canonical address raises #SS(0), not #GP(0).
+    pub const STACK: MemFlags = MemFlags(1 << 1);
+
+    pub const fn union(self, other: MemFlags) -> MemFlags {
+        MemFlags(self.0 | other.0)
+    }
+    pub const fn contains(self, other: MemFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
 /// Parts of the CPU state a helper may read or write (bit set).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StateParts(pub u32);
@@ -306,12 +328,15 @@ pub enum Op {
         addr: Temp,
         size: MemSize,
         sign: bool,
+        flags: MemFlags,
     },
-    /// Guest-memory write at linear `addr`; may fault.
+    /// Guest-memory write at linear `addr`; may fault. Only
+    /// [`MemFlags::STACK`] means anything here.
     Store {
         src: Temp,
         addr: Temp,
         size: MemSize,
+        flags: MemFlags,
     },
     Call {
         helper: &'static Helper,

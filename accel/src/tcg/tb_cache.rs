@@ -10,6 +10,7 @@
 //!   have changed) and whenever the cache's invalidation generation moves.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -80,11 +81,37 @@ struct TbKey {
     hflags: u64,
 }
 
+/// FxHash (rustc's): keys are a few integers from the guest, so a
+/// multiply-rotate hash is plenty and far cheaper than SipHash. A guest can
+/// at worst make its own lookups slower.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(b));
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
 #[derive(Default)]
 struct Blocks {
-    map: HashMap<TbKey, Arc<TranslationBlock>>,
+    map: FxMap<TbKey, Arc<TranslationBlock>>,
     /// Physical page → keys of the blocks with code on it.
-    by_page: HashMap<u64, Vec<TbKey>>,
+    by_page: FxMap<u64, Vec<TbKey>>,
 }
 
 /// The VM's translated code.
@@ -110,11 +137,16 @@ impl TbCache {
 
     /// Drops the blocks on pages whose code was overwritten. Cheap when
     /// nothing was (one atomic load).
+    #[inline]
     pub fn sync_invalidations(&self, seen_code_generation: &mut u64) {
         let g = self.code_pages.generation();
-        if g == *seen_code_generation {
-            return;
+        if g != *seen_code_generation {
+            self.drop_invalidated(g, seen_code_generation);
         }
+    }
+
+    #[cold]
+    fn drop_invalidated(&self, g: u64, seen_code_generation: &mut u64) {
         *seen_code_generation = g;
         let pages = self.code_pages.take_invalidated();
         if pages.is_empty() {
@@ -168,40 +200,78 @@ impl TbCache {
 
 const JUMP_CACHE_SIZE: usize = 4096;
 
+/// A key no block has: `hflags` keys are masked by `TB_KEY_MASK`.
+const NO_HFLAGS: u64 = u64::MAX;
+
+/// One jump-cache entry. The key is stored inline so a lookup reads one
+/// cache line and never the block itself.
+#[derive(Clone)]
+struct Slot {
+    pc: u64,
+    cs_base: u64,
+    hflags: u64,
+    tb: Option<Arc<TranslationBlock>>,
+}
+
+const EMPTY_SLOT: Slot = Slot { pc: 0, cs_base: 0, hflags: NO_HFLAGS, tb: None };
+
 /// Per-vCPU direct-mapped cache: linear PC → block.
 pub struct JumpCache {
-    slots: Vec<Option<Arc<TranslationBlock>>>,
+    slots: Vec<Slot>,
     generation: u64,
 }
 
 impl Default for JumpCache {
     fn default() -> Self {
-        JumpCache { slots: vec![None; JUMP_CACHE_SIZE], generation: 0 }
+        JumpCache { slots: vec![EMPTY_SLOT; JUMP_CACHE_SIZE], generation: 0 }
     }
 }
 
 impl JumpCache {
+    #[inline]
     fn slot(linear_pc: u64) -> usize {
         ((linear_pc ^ (linear_pc >> 12)) as usize) & (JUMP_CACHE_SIZE - 1)
     }
 
-    /// The block for `pc` if cached and still valid for this mode.
-    pub fn get(&mut self, cache_generation: u64, pc: u64, cs_base: u64, hflags: u64) -> Option<&Arc<TranslationBlock>> {
+    /// The slot holding the block for `pc` if cached and still valid for
+    /// this mode (see [`Self::block`]).
+    #[inline]
+    pub fn find(&mut self, cache_generation: u64, pc: u64, cs_base: u64, hflags: u64) -> Option<usize> {
         if cache_generation != self.generation {
             self.flush();
             self.generation = cache_generation;
             return None;
         }
-        let tb = self.slots[Self::slot(cs_base.wrapping_add(pc))].as_ref()?;
-        (tb.pc == pc && tb.cs_base == cs_base && tb.hflags == hflags).then_some(tb)
+        let i = Self::slot(cs_base.wrapping_add(pc));
+        let s = &self.slots[i];
+        (s.pc == pc && s.cs_base == cs_base && s.hflags == hflags && s.tb.is_some()).then_some(i)
     }
 
-    pub fn put(&mut self, tb: Arc<TranslationBlock>) {
+    /// The block for `pc` if cached and still valid for this mode.
+    pub fn get(&mut self, cache_generation: u64, pc: u64, cs_base: u64, hflags: u64) -> Option<&Arc<TranslationBlock>> {
+        let i = self.find(cache_generation, pc, cs_base, hflags)?;
+        self.slots[i].tb.as_ref()
+    }
+
+    /// The block in slot `i` (from [`Self::find`] or [`Self::put`]): a
+    /// borrow, so running it costs no reference-count traffic on a block
+    /// that other vCPUs run too.
+    #[inline]
+    pub fn block(&self, i: usize) -> Option<&TranslationBlock> {
+        self.slots.get(i)?.tb.as_deref()
+    }
+
+    /// Caches `tb`; returns its slot.
+    pub fn put(&mut self, tb: Arc<TranslationBlock>) -> usize {
         let i = Self::slot(tb.cs_base.wrapping_add(tb.pc));
-        self.slots[i] = Some(tb);
+        self.slots[i] = Slot { pc: tb.pc, cs_base: tb.cs_base, hflags: tb.hflags, tb: Some(tb) };
+        i
     }
 
+    /// Forgets every mapping. The blocks stay referenced until their slots
+    /// are reused: a flush (every CR3 write) then costs no atomic reference
+    /// count updates on blocks other vCPUs share.
     pub fn flush(&mut self) {
-        self.slots.iter_mut().for_each(|s| *s = None);
+        self.slots.iter_mut().for_each(|s| s.hflags = NO_HFLAGS);
     }
 }

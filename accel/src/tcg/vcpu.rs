@@ -3,19 +3,30 @@
 //! exception delivery.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use devices::irqchip::PIT_POLL_CPU;
 use vm_memory::GuestMemoryMmap;
 
+use super::apic::CpuApic;
 use super::context::{CpuBus, CpuContext};
-use super::exception::Exception;
+use super::exception::{vector, Exception};
 use super::interp::{self, TbExit};
 use super::mmu::{CodePages, CpuMemory};
 use super::signals::VcpuSignals;
 use super::state::{hflags, rflags, seg, SegmentCache, X86State};
-use super::tb_cache::{JumpCache, TbCache, TranslationBlock};
+use super::tb_cache::{JumpCache, TbCache};
 use super::vm::IoDispatch;
 use super::{interrupts, translate, vcpu_state};
 use crate::{CpuState, VcpuExit, VcpuKicker};
+
+/// Blocks run between two looks at the clock for due timers: reading it
+/// costs about as much as a short block, and a timer fires at most this
+/// many blocks late (microseconds).
+const TIMER_CHECK_BLOCKS: u32 = 32;
+/// The BSP re-reads the PIT's deadline at least this often: another vCPU
+/// may have reprogrammed it.
+const PIT_RECHECK: Duration = Duration::from_millis(10);
 
 /// Whether the vCPU executes or waits for a startup IPI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +42,7 @@ pub struct TcgVcpu {
     mem: CpuMemory,
     io: Arc<IoDispatch>,
     signals: Arc<VcpuSignals>,
+    apic: Arc<CpuApic>,
     code_pages: Arc<CodePages>,
     tb_cache: Arc<TbCache>,
     jump_cache: JumpCache,
@@ -38,6 +50,15 @@ pub struct TcgVcpu {
     /// `CodePages` generation the TB cache was last synced at.
     seen_code_generation: u64,
     activity: Activity,
+    /// An interrupt may be pending: ask the APIC bus once RFLAGS.IF allows.
+    irq_hint: bool,
+    /// An NMI is pending (taken whatever RFLAGS.IF says).
+    nmi_hint: bool,
+    /// When the timers this vCPU polls next need it (cached: reading it
+    /// takes the timers' locks).
+    timer_deadline: Option<Instant>,
+    /// Blocks left before the next look at the clock.
+    timer_countdown: u32,
 }
 
 /// What one step of the main loop asks the caller to do.
@@ -47,29 +68,39 @@ enum Step {
 }
 
 impl TcgVcpu {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         id: u8,
         vcpus: u8,
         memory: GuestMemoryMmap,
         io: Arc<IoDispatch>,
         signals: Arc<VcpuSignals>,
+        apic: Arc<CpuApic>,
         code_pages: Arc<CodePages>,
         tb_cache: Arc<TbCache>,
     ) -> Self {
         let ops: Arc<dyn crate::VmOps> = io.clone();
+        let mut state = X86State::reset();
+        state.msr.tsc_offset = apic.clock_tsc_offset();
+        state.msr.apic_base = apic.apic_base();
         TcgVcpu {
             id,
             vcpus,
-            state: X86State::reset(),
+            state,
             mem: CpuMemory::new(memory, ops, code_pages.clone()),
             io,
             signals,
+            apic,
             code_pages,
             tb_cache,
             jump_cache: JumpCache::default(),
             temps: Vec::new(),
             seen_code_generation: 0,
             activity: if id == 0 { Activity::Running } else { Activity::WaitForSipi },
+            irq_hint: true,
+            nmi_hint: false,
+            timer_deadline: None,
+            timer_countdown: 0,
         }
     }
 
@@ -83,11 +114,13 @@ impl TcgVcpu {
         self.jump_cache.flush();
     }
 
-    /// INIT: the reset state, then wait for SIPI (SDM 9.1.1).
+    /// INIT: the reset state, then wait for SIPI (SDM 9.1.1). The TSC and
+    /// IA32_APIC_BASE survive INIT; the LAPIC reset itself already.
     fn do_init(&mut self) {
-        let apic_base = self.state.msr.apic_base;
+        let (apic_base, tsc_offset) = (self.state.msr.apic_base, self.state.msr.tsc_offset);
         self.state = X86State::reset();
         self.state.msr.apic_base = apic_base;
+        self.state.msr.tsc_offset = tsc_offset;
         self.activity = Activity::WaitForSipi;
         self.flush_translations();
     }
@@ -100,6 +133,8 @@ impl TcgVcpu {
         self.state.halted = false;
         self.state.recompute_hflags();
         self.activity = Activity::Running;
+        self.irq_hint = true;
+        self.timer_deadline = self.apic.next_deadline();
         self.flush_translations();
     }
 
@@ -107,37 +142,123 @@ impl TcgVcpu {
         self.state.rflags & rflags::IF != 0 && self.state.hflags & hflags::INHIBIT_IRQ == 0
     }
 
-    /// Delivers a pending external interrupt if one can be taken now.
+    /// Acts on what other threads signalled. Returns an exit for the VMM.
+    #[cold]
+    fn service_signals(&mut self) -> Option<VcpuExit> {
+        if self.signals.take_kick() {
+            return Some(VcpuExit::Kicked);
+        }
+        if self.signals.take_init() {
+            self.do_init();
+        }
+        if self.activity == Activity::WaitForSipi {
+            if let Some(v) = self.signals.take_sipi() {
+                self.do_sipi(v);
+            }
+        }
+        if self.signals.take_irq() {
+            self.irq_hint = true;
+            // NMIs are rare: look for one only when something was signalled.
+            self.nmi_hint = self.apic.nmi_pending();
+        }
+        if self.signals.take_timers() {
+            self.timer_deadline = self.next_deadline(Instant::now());
+            self.timer_countdown = 0;
+        }
+        None
+    }
+
+    /// The next time the timers need a poll.
+    fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let d = self.apic.next_deadline();
+        if self.id == PIT_POLL_CPU {
+            let cap = now + PIT_RECHECK;
+            return Some(d.map_or(cap, |d| d.min(cap)));
+        }
+        d
+    }
+
+    /// Fires the timers that are due; their interrupts raise `irq_hint`.
+    fn check_timers(&mut self) {
+        let Some(deadline) = self.timer_deadline else { return };
+        let now = Instant::now();
+        if now < deadline {
+            return;
+        }
+        self.apic.poll_timers(now);
+        self.timer_deadline = self.next_deadline(now);
+        self.irq_hint = true;
+    }
+
+    /// Delivers a pending NMI, or an external interrupt if one can be taken.
     fn take_interrupt(&mut self) -> Step {
-        if !self.interrupt_deliverable() {
+        if self.nmi_hint {
+            self.nmi_hint = false;
+            if self.apic.take_nmi() {
+                self.state.halted = false;
+                return self.deliver_external(vector::NMI);
+            }
+        }
+        if !self.irq_hint || !self.interrupt_deliverable() {
             return Step::Continue;
         }
-        let Some(vector) = self.signals.interrupts.take_highest() else { return Step::Continue };
-        self.state.halted = false;
-        match interrupts::deliver_external(&mut self.state, &mut self.mem, vector) {
+        self.irq_hint = false;
+        match self.apic.take_interrupt() {
+            Some(v) => {
+                // More may be pending behind it: look again once IF allows.
+                self.irq_hint = true;
+                self.deliver_external(v)
+            }
+            None => Step::Continue,
+        }
+    }
+
+    fn deliver_external(&mut self, v: u8) -> Step {
+        match interrupts::deliver_external(&mut self.state, &mut self.mem, v) {
             Ok(()) => Step::Continue,
             Err(e) => self.triple_fault(e),
         }
+    }
+
+    /// HLT: sleeps until an interrupt can wake the CPU, a signal, or the
+    /// next timer deadline, without spinning.
+    fn halt(&mut self) {
+        // An interrupt that is already deliverable ends HLT at once.
+        if self.apic.nmi_pending() {
+            self.nmi_hint = true;
+            return;
+        }
+        if self.state.rflags & rflags::IF != 0 && self.apic.has_interrupt() {
+            self.irq_hint = true;
+            return;
+        }
+        self.signals.park(self.timer_deadline);
     }
 
     fn triple_fault(&mut self, last: Exception) -> Step {
         log::debug!("vCPU {}: triple fault (last exception {last:?})", self.id);
         Step::Exit(VcpuExit::Shutdown)
     }
-
-    /// Finds or translates the block at CS:RIP. An instruction-fetch fault is
-    /// returned for delivery.
-    fn block(&mut self) -> Result<Arc<TranslationBlock>, Exception> {
+    /// Finds or translates the block at CS:RIP and returns its jump-cache
+    /// slot. An instruction-fetch fault is returned for delivery.
+    #[inline]
+    fn block(&mut self) -> Result<usize, Exception> {
         self.tb_cache.sync_invalidations(&mut self.seen_code_generation);
         let code64 = self.state.hflags & hflags::CS64 != 0;
         let cs_base = if code64 { 0 } else { self.state.segs[seg::CS].base };
         let pc = self.state.rip;
         let key_flags = self.state.hflags & hflags::TB_KEY_MASK;
-        if let Some(tb) = self.jump_cache.get(self.tb_cache.generation(), pc, cs_base, key_flags) {
-            return Ok(tb.clone());
+        match self.jump_cache.find(self.tb_cache.generation(), pc, cs_base, key_flags) {
+            Some(i) => Ok(i),
+            None => self.block_slow(pc, cs_base, key_flags),
         }
+    }
+
+    /// The jump cache missed: the VM-wide cache, else the translator.
+    #[cold]
+    fn block_slow(&mut self, pc: u64, cs_base: u64, key_flags: u64) -> Result<usize, Exception> {
         let mut linear = cs_base.wrapping_add(pc);
-        if !code64 {
+        if self.state.hflags & hflags::CS64 == 0 {
             linear &= 0xffff_ffff;
         }
         let phys = self.mem.translate_code(&mut self.state, linear)?;
@@ -148,18 +269,21 @@ impl TcgVcpu {
                 self.tb_cache.insert(tb)
             }
         };
-        self.jump_cache.put(tb.clone());
-        Ok(tb)
+        Ok(self.jump_cache.put(tb))
     }
 
     /// Runs one block (or delivers the fault that prevents it).
+    #[inline]
     fn step(&mut self) -> Step {
         // The STI / MOV SS shadow covers the first instruction of this block.
         self.state.hflags &= !hflags::INHIBIT_IRQ;
-        let tb = match self.block() {
-            Ok(tb) => tb,
+        let slot = match self.block() {
+            Ok(slot) => slot,
             Err(e) => return self.deliver(e, self.state.rip),
         };
+        // Borrowed from the jump cache, which nothing below changes while
+        // the block runs (flushes are requested and done afterwards).
+        let Some(tb) = self.jump_cache.block(slot) else { return Step::Continue };
         if self.temps.len() < tb.num_temps() {
             self.temps.resize(tb.num_temps(), 0);
         }
@@ -171,6 +295,7 @@ impl TcgVcpu {
             code_pages: &self.code_pages,
             cpu_id: self.id,
             vcpus: self.vcpus,
+            apic: Some(&self.apic),
         };
         let exit = interp::execute(&mut ctx, tb.ops(), tb.label_pos(), &mut self.temps);
         let requests = ctx.requests;
@@ -199,26 +324,27 @@ impl TcgVcpu {
 
     fn run_loop(&mut self) -> VcpuExit {
         loop {
-            if self.signals.take_kick() {
-                return VcpuExit::Kicked;
-            }
-            if self.signals.take_init() {
-                self.do_init();
+            if self.signals.any() {
+                if let Some(exit) = self.service_signals() {
+                    return exit;
+                }
             }
             if self.activity == Activity::WaitForSipi {
-                if let Some(v) = self.signals.take_sipi() {
-                    self.do_sipi(v);
-                } else {
-                    self.signals.park_until(|_| false);
-                }
+                self.signals.park(None);
                 continue;
             }
-            if let Step::Exit(e) = self.take_interrupt() {
-                return e;
+            if self.timer_countdown == 0 || self.state.halted {
+                self.timer_countdown = TIMER_CHECK_BLOCKS;
+                self.check_timers();
+            }
+            self.timer_countdown -= 1;
+            if (self.irq_hint && self.interrupt_deliverable()) || self.nmi_hint {
+                if let Step::Exit(e) = self.take_interrupt() {
+                    return e;
+                }
             }
             if self.state.halted {
-                let can_wake = self.state.rflags & rflags::IF != 0;
-                self.signals.park_until(|s| can_wake && s.interrupts.any());
+                self.halt();
                 continue;
             }
             if let Step::Exit(e) = self.step() {
@@ -244,6 +370,9 @@ impl crate::Vcpu for TcgVcpu {
     }
 
     fn run(&mut self) -> crate::Result<VcpuExit> {
+        if self.timer_deadline.is_none() {
+            self.timer_deadline = self.next_deadline(Instant::now());
+        }
         Ok(self.run_loop())
     }
 

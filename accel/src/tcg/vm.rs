@@ -1,17 +1,25 @@
 //! `TcgVm`: guest RAM, the self-modifying-code map and the translation
-//! cache shared by the vCPUs, ioeventfds, and the vCPUs' signal objects.
+//! cache shared by the vCPUs, ioeventfds, and the emulated interrupt
+//! controllers and timers (`devices::irqchip`) the vCPUs drive.
 
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
+use devices::irqchip::pic::PIC_PORT_LEN;
+use devices::irqchip::pit::{PIT_BASE_PORT, PIT_PORT_LEN, PORT_B};
+use devices::irqchip::{IrqChip, IrqChipError, IOAPIC_MMIO_SIZE};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::apic::CpuApic;
 use super::mmu::CodePages;
 use super::signals::VcpuSignals;
 use super::tb_cache::TbCache;
 use super::vcpu::TcgVcpu;
 use super::TcgError;
-use crate::{IoEventAddress, IrqLine, Vcpu, VmConfig, VmOps};
+use crate::{BusSlot, EngineDevices, IoEventAddress, IrqLine, Vcpu, VmConfig, VmOps};
+
+/// Where the IOAPIC's registers are (the MADT's address).
+pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 
 /// One registered ioeventfd.
 struct IoEvent {
@@ -20,12 +28,15 @@ struct IoEvent {
     datamatch: Option<u32>,
 }
 
-/// The VMM's `VmOps` with ioeventfds in front: a guest write that matches a
-/// registration signals its eventfd instead of reaching the VMM (as KVM
-/// does in the kernel), so virtio devices behave the same on both engines.
+/// One vCPU's view of the VMM's `VmOps`: its own local APIC's register
+/// page first (each vCPU sees its own at the same address, as on
+/// hardware), then ioeventfds: a guest write that matches a registration
+/// signals its eventfd instead of reaching the VMM (as KVM does in the
+/// kernel), so virtio devices behave the same on both engines.
 pub struct IoDispatch {
     ops: Arc<dyn VmOps>,
     events: Arc<RwLock<Vec<IoEvent>>>,
+    apic: Arc<CpuApic>,
 }
 
 impl IoDispatch {
@@ -56,12 +67,21 @@ impl VmOps for IoDispatch {
         if !self.signal(IoEventAddress::Pio(u64::from(port)), data) {
             self.ops.pio_write(port, data);
         }
+        if (PIT_BASE_PORT..PIT_BASE_PORT + PIT_PORT_LEN).contains(&u64::from(port)) {
+            // The PIT's deadline may have moved (the BSP polls it).
+            self.apic.timers_changed();
+        }
     }
     fn mmio_read(&self, addr: u64, data: &mut [u8]) {
-        self.ops.mmio_read(addr, data);
+        match self.apic.lapic_offset(addr, data.len()) {
+            Some(off) => self.apic.mmio_read(off, data),
+            None => self.ops.mmio_read(addr, data),
+        }
     }
     fn mmio_write(&self, addr: u64, data: &[u8]) {
-        if !self.signal(IoEventAddress::Mmio(addr), data) {
+        if let Some(off) = self.apic.lapic_offset(addr, data.len()) {
+            self.apic.mmio_write(off, data);
+        } else if !self.signal(IoEventAddress::Mmio(addr), data) {
             self.ops.mmio_write(addr, data);
         }
     }
@@ -74,7 +94,7 @@ pub struct TcgVm {
     tb_cache: Arc<TbCache>,
     vcpus: u8,
     ioevents: Arc<RwLock<Vec<IoEvent>>>,
-    signals: Mutex<Vec<(u8, Arc<VcpuSignals>)>>,
+    irqchip: Arc<IrqChip>,
 }
 
 impl TcgVm {
@@ -82,6 +102,7 @@ impl TcgVm {
         if config.vcpus == 0 || config.vcpus == u8::MAX {
             return Err(TcgError::VcpuCount(config.vcpus));
         }
+        let irqchip = IrqChip::new(config.vcpus).map_err(TcgError::IrqChip)?;
         let code_pages = Arc::new(CodePages::new(memory));
         Ok(TcgVm {
             memory: memory.clone(),
@@ -89,14 +110,13 @@ impl TcgVm {
             code_pages,
             vcpus: config.vcpus,
             ioevents: Arc::default(),
-            signals: Mutex::default(),
+            irqchip: Arc::new(irqchip),
         })
     }
 
-    /// The signal object of vCPU `id` (for the interrupt controllers).
-    pub fn vcpu_signals(&self, id: u8) -> Option<Arc<VcpuSignals>> {
-        let signals = self.signals.lock().unwrap_or_else(PoisonError::into_inner);
-        signals.iter().find(|(i, _)| *i == id).map(|(_, s)| s.clone())
+    /// The VM's interrupt controllers and timers.
+    pub fn irqchip(&self) -> &Arc<IrqChip> {
+        &self.irqchip
     }
 
     pub fn tb_cache(&self) -> &Arc<TbCache> {
@@ -104,31 +124,12 @@ impl TcgVm {
     }
 }
 
-/// An interrupt line while the engine has no interrupt controller: triggers
-/// are logged once and dropped.
-// TODO(next issue): route to the emulated IOAPIC/PIC.
-struct UnroutedIrqLine {
-    gsi: u32,
-}
-
-impl IrqLine for UnroutedIrqLine {
-    fn trigger(&self) -> std::io::Result<()> {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        let gsi = self.gsi;
-        ONCE.call_once(|| log::debug!("TCG: GSI {gsi} triggered; no interrupt controller yet, dropped"));
-        Ok(())
-    }
-}
-
-/// Pins of the (future) IOAPIC, as under KVM.
-const IOAPIC_PINS: u32 = 24;
-
 impl crate::Vm for TcgVm {
     fn irq_line(&self, gsi: u32) -> crate::Result<Arc<dyn IrqLine>> {
-        if gsi >= IOAPIC_PINS {
-            return Err(TcgError::Gsi(gsi).into());
-        }
-        Ok(Arc::new(UnroutedIrqLine { gsi }))
+        self.irqchip.irq_line(gsi).map_err(|e| match e {
+            IrqChipError::Gsi(g) => TcgError::Gsi(g).into(),
+            other => TcgError::IrqChip(other).into(),
+        })
     }
 
     fn register_ioevent(&self, event: &EventFd, addr: IoEventAddress, datamatch: Option<u32>) -> crate::Result<()> {
@@ -137,19 +138,34 @@ impl crate::Vm for TcgVm {
         Ok(())
     }
 
+    fn engine_devices(&self) -> EngineDevices {
+        let chip = &self.irqchip;
+        let mut pio = vec![
+            BusSlot { base: PIT_BASE_PORT, len: PIT_PORT_LEN, device: chip.pit.clone() },
+            BusSlot { base: PORT_B, len: 1, device: chip.pit.port_b() },
+        ];
+        pio.extend(chip.pic.ports().into_iter().map(|(base, device)| BusSlot { base, len: PIC_PORT_LEN, device }));
+        let mmio = vec![BusSlot { base: IOAPIC_ADDR, len: IOAPIC_MMIO_SIZE, device: chip.ioapic.clone() }];
+        EngineDevices { pio, mmio }
+    }
+
     fn create_vcpu(&self, id: u8, ops: Arc<dyn VmOps>) -> crate::Result<Box<dyn Vcpu>> {
         if id >= self.vcpus {
             return Err(TcgError::VcpuId { id, count: self.vcpus }.into());
         }
-        let io = Arc::new(IoDispatch { ops, events: self.ioevents.clone() });
-        let signals = Arc::new(VcpuSignals::default());
-        self.signals.lock().unwrap_or_else(PoisonError::into_inner).push((id, signals.clone()));
+        let signals = Arc::new(VcpuSignals::new(id != 0));
+        if !self.irqchip.apic_bus.set_wakeup(id, signals.clone()) {
+            return Err(TcgError::VcpuExists(id).into());
+        }
+        let apic = Arc::new(CpuApic::new(self.irqchip.clone(), id, signals.clone()));
+        let io = Arc::new(IoDispatch { ops, events: self.ioevents.clone(), apic: apic.clone() });
         Ok(Box::new(TcgVcpu::new(
             id,
             self.vcpus,
             self.memory.clone(),
             io,
             signals,
+            apic,
             self.code_pages.clone(),
             self.tb_cache.clone(),
         )))

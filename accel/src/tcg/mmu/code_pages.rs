@@ -161,6 +161,7 @@ impl CodePages {
 
     /// Bumped on every invalidation: a cheap "did anything change" check
     /// (e.g. after a store, to leave a block that may have modified itself).
+    #[inline]
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }

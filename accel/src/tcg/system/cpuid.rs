@@ -32,6 +32,8 @@
 //! | 1 | EDX | 26 | SSE2 | |
 //! | 1 | EDX | 28 | HTT | only with more than one vCPU |
 //! | 1 | ECX | 13 | CX16 | CMPXCHG16B |
+//! | 1 | ECX | 21 | x2APIC | APIC_BASE.EXTD, MSRs 0x800-0x8FF (emulated LAPIC) |
+//! | 1 | ECX | 24 | TSC-deadline | IA32_TSC_DEADLINE on the VM clock's TSC |
 //! | 1 | ECX | 31 | hypervisor | leaf 0x4000_0000 = "RXVMMTCGRXVM" |
 //! | 6 | EAX | 2 | ARAT | the emulated APIC timer never stops |
 //! | 7.0 | EDX | 29 | ARCH_CAPABILITIES | MSR 0x10A: not affected by Meltdown, MDS, TAA, SSB... |
@@ -44,8 +46,7 @@
 //!
 //! Optional bits, off unless [`FEATURES`] turns them on (the translator
 //! flips them as it implements the instructions): SSE3, SSSE3, SSE4.1,
-//! SSE4.2, MOVBE, POPCNT (leaf 1 ECX 0, 9, 19, 20, 22, 23), x2APIC and
-//! TSC-deadline (leaf 1 ECX 21, 24: with the LAPIC), BMI1, BMI2, ERMS
+//! SSE4.2, MOVBE, POPCNT (leaf 1 ECX 0, 9, 19, 20, 22, 23), BMI1, BMI2, ERMS
 //! (leaf 7 EBX 3, 8, 9), LAHF/SAHF in 64-bit mode, LZCNT, PREFETCHW
 //! (0x8000_0001 ECX 0, 5, 8).
 //!
@@ -130,9 +131,9 @@ pub const FEATURES: Features = Features {
     sse4_2: false,
     movbe: false,
     popcnt: false,
-    // With the LAPIC (next issue).
-    x2apic: false,
-    tsc_deadline: false,
+    // The emulated LAPIC (devices::irqchip) has both.
+    x2apic: true,
+    tsc_deadline: true,
     bmi1: false,
     bmi2: false,
     erms: false,

@@ -485,9 +485,26 @@ pub fn sysexit(state: &mut X86State, operand_size: u8) -> Result<()> {
 /// so TSCs are synchronised and never go backwards; each VM picks its
 /// epoch through `tsc_offset` ([`tsc_offset_for`]).
 pub fn host_tsc() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let ns = EPOCH.get_or_init(Instant::now).elapsed().as_nanos();
+    let ns = tsc_epoch().elapsed().as_nanos();
     (ns * u128::from(TSC_HZ) / 1_000_000_000) as u64
+}
+
+fn tsc_epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// The `tsc_offset` that makes the guest TSC read 0 at `start`: RDTSC then
+/// counts the same clock as a `GuestClock` started at `start`, exactly
+/// (both are whole TSC ticks of `Instant` time).
+pub fn tsc_offset_at(start: Instant) -> i64 {
+    let epoch = tsc_epoch();
+    let ticks = |ns: u128| (ns * u128::from(TSC_HZ) / 1_000_000_000) as i64;
+    if start >= epoch {
+        ticks((start - epoch).as_nanos()).wrapping_neg()
+    } else {
+        ticks((epoch - start).as_nanos())
+    }
 }
 
 /// The `tsc_offset` that makes the guest TSC read `guest_tsc` now. A VM

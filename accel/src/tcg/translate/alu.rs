@@ -1,12 +1,14 @@
 //! Integer arithmetic and logic: ADD ADC SUB SBB AND OR XOR CMP TEST INC
-//! DEC NEG NOT (without LOCK; see `atomic` for the locked forms).
+//! DEC NEG NOT (without LOCK; see `atomic` for the locked forms), and
+//! ADCX/ADOX.
 
 use iced_x86::{Instruction, Mnemonic};
 
 use super::builder::{operand_size, IrBuilder};
 use super::Lowered;
 use crate::tcg::flags::{CcFamily, OpSize};
-use crate::tcg::ir::{BinOp, Temp, UnOp};
+use crate::tcg::ir::{BinOp, Cond, Temp, UnOp};
+use crate::tcg::state::rflags as rf;
 
 /// The result and lazy-flag record of a two-operand ALU op on `a`, `b`
 /// (both already truncated to `size`). Also used by the atomic forms.
@@ -70,11 +72,46 @@ pub(super) fn compute_unary(b: &mut IrBuilder, m: Mnemonic, size: OpSize, a: Tem
     })
 }
 
+/// ADCX / ADOX: an add with carry through CF / OF only; the other flags
+/// are left alone, so RFLAGS is materialised.
+fn add_carry_flag(b: &mut IrBuilder, insn: &Instruction, size: OpSize) -> Lowered {
+    let Ok(r) = insn.try_op_register(0) else { return Lowered::Unsupported };
+    let Some(v) = b.read_operand(insn, 1, size) else { return Lowered::Unsupported };
+    let a = b.read_reg(r);
+    let bit = if insn.mnemonic() == Mnemonic::Adcx { rf::CF } else { rf::OF };
+    let f = b.rflags();
+    let cin = b.bini(BinOp::Shr, f, u64::from(bit.trailing_zeros()));
+    let cin = b.bini(BinOp::And, cin, 1);
+    let s1 = b.bin(BinOp::Add, a, v);
+    let sum = b.bin(BinOp::Add, s1, cin);
+    let (r_val, cout) = if size == OpSize::B8 {
+        // Carry out of either add (at most one of them carries).
+        let c1 = b.setcond(Cond::Ltu, s1, a);
+        let c2 = b.setcond(Cond::Ltu, sum, s1);
+        (sum, b.bin(BinOp::Or, c1, c2))
+    } else {
+        // 32-bit operands zero-extended: the carry is bit 32 of the sum.
+        let c = b.bini(BinOp::Shr, sum, 32);
+        (b.zext(size, sum), c)
+    };
+    b.write_reg(r, r_val);
+    let cleared = b.bini(BinOp::And, f, !bit);
+    let cbit = b.bini(BinOp::Shl, cout, u64::from(bit.trailing_zeros()));
+    let nf = b.bin(BinOp::Or, cleared, cbit);
+    b.set_rflags(nf);
+    Lowered::Next
+}
+
 pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
     let Some(size) = operand_size(insn, 0) else { return Lowered::Unsupported };
+    if matches!(insn.mnemonic(), Mnemonic::Adcx | Mnemonic::Adox) {
+        return add_carry_flag(b, insn, size);
+    }
     let Some(dst) = b.loc(insn, 0) else { return Lowered::Unsupported };
     let m = insn.mnemonic();
-    let a = b.read_loc(dst, size);
+    // Destinations that are written are read as the first half of a
+    // read-modify-write (a fault reports W); CMP and TEST only read.
+    let a = if matches!(m, Mnemonic::Cmp | Mnemonic::Test) { b.read_loc(dst, size) } else { b.read_loc_rmw(dst, size) };
     if insn.op_count() == 1 {
         let Some((r, flags)) = compute_unary(b, m, size, a) else { return Lowered::Unsupported };
         b.write_loc(dst, size, r);

@@ -1,17 +1,20 @@
 //! LOCKed read-modify-write instructions (and XCHG with memory, which is
-//! always locked): the memory update is one `CpuBus::atomic_rmw` or
-//! `cmpxchg` inside a helper; the flags are then recomputed in IR from the
-//! old value the helper returns.
+//! always locked, and CMPXCHG/XADD on memory, done atomically with or
+//! without LOCK): the memory update is one `CpuBus::atomic_rmw` or
+//! `cmpxchg` inside a helper, which checks write access before reading;
+//! the flags are then recomputed in IR from the old value the helper
+//! returns. Also the register forms of CMPXCHG and XADD.
 
-use iced_x86::{Instruction, Mnemonic};
+use iced_x86::{Instruction, Mnemonic, Register};
 
 use super::alu;
 use super::builder::{operand_size, IrBuilder, Loc};
 use super::Lowered;
 use crate::tcg::context::CpuContext;
 use crate::tcg::exception::Exception;
-use crate::tcg::flags::{CcFamily, OpSize};
+use crate::tcg::flags::OpSize;
 use crate::tcg::ir::{BinOp, Cond, Helper, StateParts, Temp, UnOp};
+use crate::tcg::mmu::walker::is_canonical;
 use crate::tcg::state::reg;
 
 /// The update an atomic helper applies: `new = f(old, operand)`.
@@ -47,7 +50,7 @@ impl RmwOp {
 
 /// Emits the atomic update of `addr`; returns the old value.
 fn rmw(b: &mut IrBuilder, addr: Temp, op: RmwOp, v: Temp, size: OpSize) -> Temp {
-    let mode = b.movi(size as u64 | (op as u64) << 8);
+    let mode = b.movi(size as u64 | (op as u64) << 8 | stack_bit(b, addr));
     b.call(&ATOMIC_RMW, &[addr, v, mode])
 }
 
@@ -58,9 +61,14 @@ pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
     if matches!(m, M::Cmpxchg8b | M::Cmpxchg16b) {
         return Lowered::Unsupported;
     }
-    let Some(Loc::Mem(addr)) = b.loc(insn, 0) else {
+    let addr = match b.loc(insn, 0) {
+        Some(Loc::Mem(addr)) => addr,
+        // CMPXCHG and XADD without LOCK may name a register.
+        Some(Loc::Reg(dst)) if !insn.has_lock_prefix() && matches!(m, M::Cmpxchg | M::Xadd) => {
+            return register_form(b, insn, m, size, dst);
+        }
         // LOCK on a register destination is #UD.
-        return Lowered::Unsupported;
+        _ => return Lowered::Unsupported,
     };
     match m {
         M::Add | M::Sub | M::And | M::Or | M::Xor | M::Adc | M::Sbb => {
@@ -114,13 +122,16 @@ pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
             let Ok(r) = insn.try_op_register(1) else { return Lowered::Unsupported };
             let new = b.read_reg(r);
             let expected = b.read_gpr_sized(reg::RAX, size);
-            let mode = b.movi(size as u64);
+            let mode = b.movi(size as u64 | stack_bit(b, addr));
             let old = b.call(&CMPXCHG, &[addr, expected, new, mode]);
-            // On failure the accumulator gets the value found.
-            let acc = b.select(Cond::Eq, old, expected, expected, old);
-            b.write_gpr_sized(reg::RAX, size, acc);
             let Some((_, flags)) = alu::compute(b, M::Cmp, size, expected, old) else { return Lowered::Unsupported };
             flags.store(b);
+            // Only on failure does the accumulator get the value found (so
+            // a 32-bit success keeps RAX's upper half).
+            let done = b.label();
+            b.brcond(Cond::Eq, old, expected, done);
+            b.write_gpr_sized(reg::RAX, size, old);
+            b.set_label(done);
         }
         M::Bts | M::Btr | M::Btc => {
             let Some((loc, bit)) = super::bits::bit_operand(b, insn, size) else { return Lowered::Unsupported };
@@ -134,10 +145,38 @@ pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
             };
             let old = rmw(b, addr, op, operand, size);
             let shifted = b.bin(BinOp::Shr, old, bit);
-            b.set_cc(CcFamily::Sar, size, shifted, Some(shifted), None);
+            super::bits::set_bit_test_cf(b, shifted);
         }
         _ => return Lowered::Unsupported,
     }
+    Lowered::Next
+}
+
+/// CMPXCHG and XADD with a register destination (never locked).
+fn register_form(b: &mut IrBuilder, insn: &Instruction, m: Mnemonic, size: OpSize, dst: Register) -> Lowered {
+    let Ok(src) = insn.try_op_register(1) else { return Lowered::Unsupported };
+    let d = b.read_reg(dst);
+    let v = b.read_reg(src);
+    if m == Mnemonic::Xadd {
+        // SRC = DEST, then DEST = sum: with one register for both, the sum.
+        let Some((sum, flags)) = alu::compute(b, Mnemonic::Add, size, d, v) else { return Lowered::Unsupported };
+        b.write_reg(src, d);
+        b.write_reg(dst, sum);
+        flags.store(b);
+        return Lowered::Next;
+    }
+    let acc = b.read_gpr_sized(reg::RAX, size);
+    let Some((_, flags)) = alu::compute(b, Mnemonic::Cmp, size, acc, d) else { return Lowered::Unsupported };
+    flags.store(b);
+    // Equal: DEST = SRC; else the accumulator = DEST. Only the register
+    // written has a 32-bit upper half cleared, as on the CPU.
+    let (fail, done) = (b.label(), b.label());
+    b.brcond(Cond::Ne, acc, d, fail);
+    b.write_reg(dst, v);
+    b.br(done);
+    b.set_label(fail);
+    b.write_gpr_sized(reg::RAX, size, d);
+    b.set_label(done);
     Lowered::Next
 }
 
@@ -145,21 +184,50 @@ fn arg(args: &[u64], i: usize) -> u64 {
     args.get(i).copied().unwrap_or(0)
 }
 
-/// `args`: linear address, operand, size | op << 8. Returns the old value.
+/// `args`: linear address, operand, size | op << 8 (| [`STACK_BIT`]).
+/// Returns the old value.
 fn helper_atomic_rmw(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exception> {
     let mode = arg(args, 2);
     let size = OpSize::from_bytes((mode & 0xff) as usize).unwrap_or(OpSize::B8);
     let op = RMW_OPS[(((mode >> 8) & 0xff) as usize).min(RMW_OPS.len() - 1)];
     let v = arg(args, 1);
     let mask = size.mask();
-    ctx.mem.atomic_rmw(ctx.state, arg(args, 0), size as usize, &mut |old| op.apply(old, v) & mask)
+    ctx.mem
+        .atomic_rmw(ctx.state, arg(args, 0), size as usize, &mut |old| op.apply(old, v) & mask)
+        .map_err(|e| stack_fault(e, mode, arg(args, 0), size as u64))
 }
 
-/// `args`: linear address, expected, new, size. Returns the value found.
+/// `args`: linear address, expected, new, size (| [`STACK_BIT`]). Returns
+/// the value found.
 fn helper_cmpxchg(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exception> {
-    let size = OpSize::from_bytes((arg(args, 3) & 0xff) as usize).unwrap_or(OpSize::B8);
+    let mode = arg(args, 3);
+    let size = OpSize::from_bytes((mode & 0xff) as usize).unwrap_or(OpSize::B8);
     let mask = size.mask();
-    ctx.mem.cmpxchg(ctx.state, arg(args, 0), size as usize, arg(args, 1) & mask, arg(args, 2) & mask)
+    ctx.mem
+        .cmpxchg(ctx.state, arg(args, 0), size as usize, arg(args, 1) & mask, arg(args, 2) & mask)
+        .map_err(|e| stack_fault(e, mode, arg(args, 0), size as u64))
+}
+
+/// Set in a helper's mode word for a stack reference (RSP/RBP-based).
+const STACK_BIT: u64 = 1 << 16;
+
+pub(super) fn stack_bit(b: &IrBuilder, addr: Temp) -> u64 {
+    if b.is_stack_addr(addr) {
+        STACK_BIT
+    } else {
+        0
+    }
+}
+
+/// A non-canonical stack reference of `size` bytes at `addr` is #SS(0),
+/// not the MMU's #GP(0) (an alignment #GP stays one).
+pub(super) fn stack_fault(e: Exception, mode: u64, addr: u64, size: u64) -> Exception {
+    let non_canonical = !is_canonical(addr) || !is_canonical(addr.wrapping_add(size.max(1) - 1));
+    if mode & STACK_BIT != 0 && e == Exception::gp0() && non_canonical {
+        Exception::with_code(crate::tcg::exception::vector::SS, 0)
+    } else {
+        e
+    }
 }
 
 static ATOMIC_RMW: Helper = Helper {

@@ -1,12 +1,12 @@
 //! Bit instructions: BT BTS BTR BTC (non-locked), BSF BSR TZCNT LZCNT
 //! POPCNT.
 //!
-//! BT* record CF through the `Sar` lazy op (cc_src = operand >> bit, so
-//! CF = cc_src & 1); the other flags they leave undefined come out of that.
+//! BT* change CF only (RFLAGS materialised); the others follow the
+//! encodings of the table in [`crate::tcg::flags`].
 
-use iced_x86::{Instruction, Mnemonic, OpKind};
+use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 
-use super::builder::{operand_size, IrBuilder, Loc};
+use super::builder::{gpr_index, operand_size, IrBuilder, Loc};
 use super::Lowered;
 use crate::tcg::flags::{CcFamily, OpSize};
 use crate::tcg::ir::{BinOp, Cond, Temp, UnOp};
@@ -44,7 +44,7 @@ pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
     match m {
         Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc => {
             let Some((loc, bit)) = bit_operand(b, insn, size) else { return Lowered::Unsupported };
-            let v = b.read_loc(loc, size);
+            let v = if m == Mnemonic::Bt { b.read_loc(loc, size) } else { b.read_loc_rmw(loc, size) };
             let shifted = b.bin(BinOp::Shr, v, bit);
             if m != Mnemonic::Bt {
                 let one = b.movi(1);
@@ -59,7 +59,7 @@ pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
                 };
                 b.write_loc(loc, size, r);
             }
-            b.set_cc(CcFamily::Sar, size, shifted, Some(shifted), None);
+            set_bit_test_cf(b, shifted);
         }
         Mnemonic::Bsf | Mnemonic::Bsr | Mnemonic::Tzcnt | Mnemonic::Lzcnt | Mnemonic::Popcnt => {
             let Some(src) = b.read_operand(insn, 1, size) else { return Lowered::Unsupported };
@@ -67,24 +67,13 @@ pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
             let zero = b.movi(0);
             let bits = u64::from(size.bits());
             match m {
-                Mnemonic::Bsf | Mnemonic::Bsr => {
-                    let idx = if m == Mnemonic::Bsf {
-                        b.un(UnOp::Ctz, src)
-                    } else {
-                        let lz = b.un(UnOp::Clz, src);
-                        let top = b.movi(63);
-                        b.bin(BinOp::Sub, top, lz)
-                    };
-                    // Source 0: destination unchanged (as hardware does), ZF=1.
-                    let old = b.read_reg(r);
-                    let v = b.select(Cond::Eq, src, zero, old, idx);
-                    b.write_reg(r, v);
-                    b.set_cc(CcFamily::Logic, size, src, None, None);
-                }
+                Mnemonic::Bsf | Mnemonic::Bsr => bit_scan(b, m == Mnemonic::Bsf, size, r, src),
                 Mnemonic::Popcnt => {
                     let v = b.un(UnOp::Popcnt, src);
                     b.write_reg(r, v);
-                    b.set_cc(CcFamily::Logic, size, v, None, None);
+                    // All flags clear but ZF (source was zero).
+                    let one = b.movi(1);
+                    b.set_cc(CcFamily::Bmi, size, v, Some(one), None);
                 }
                 _ => {
                     let v = if m == Mnemonic::Tzcnt {
@@ -97,18 +86,52 @@ pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
                     };
                     b.write_reg(r, v);
                     // CF = source was zero, ZF = result is zero.
-                    let f = b.rflags();
-                    let f = b.bini(BinOp::And, f, !(rf::CF | rf::ZF));
-                    let cf = b.setcond(Cond::Eq, src, zero);
-                    let zf = b.setcond(Cond::Eq, v, zero);
-                    let zf = b.bini(BinOp::Shl, zf, 6);
-                    let f = b.bin(BinOp::Or, f, cf);
-                    let f = b.bin(BinOp::Or, f, zf);
-                    b.set_rflags(f);
+                    b.set_cc(CcFamily::Bmi, size, v, Some(src), None);
                 }
             }
         }
         _ => return Lowered::Unsupported,
     }
     Lowered::Next
+}
+
+/// BT*: CF = bit 0 of `shifted`; every other flag is left as it was (the
+/// SDM calls OF SF AF PF undefined; the CPU keeps them, and so does this).
+pub(super) fn set_bit_test_cf(b: &mut IrBuilder, shifted: Temp) {
+    let f = b.rflags();
+    let f = b.bini(BinOp::And, f, !rf::CF);
+    let cf = b.bini(BinOp::And, shifted, 1);
+    let f = b.bin(BinOp::Or, f, cf);
+    b.set_rflags(f);
+}
+
+/// BSF/BSR of `src` into `r`. A zero source leaves the whole destination
+/// register alone, the upper half of a 32-bit one included (as the CPU
+/// does; the SDM calls the destination undefined).
+fn bit_scan(b: &mut IrBuilder, forward: bool, size: OpSize, r: Register, src: Temp) {
+    let zero = b.movi(0);
+    let idx = if forward {
+        b.un(UnOp::Ctz, src)
+    } else {
+        let lz = b.un(UnOp::Clz, src);
+        let top = b.movi(63);
+        b.bin(BinOp::Sub, top, lz)
+    };
+    match (size, gpr_index(r)) {
+        (OpSize::B4, Some((i, _))) => {
+            let old = b.gpr(i);
+            let v = b.select(Cond::Eq, src, zero, old, idx);
+            b.set_gpr(i, v);
+        }
+        _ => {
+            let old = b.read_reg(r);
+            let v = b.select(Cond::Eq, src, zero, old, idx);
+            b.write_reg(r, v);
+        }
+    }
+    // Flags per the table in `flags`: ZF = source is zero, PF = parity of
+    // the index (0x100 keeps a zero index from reading as ZF).
+    let tagged = b.bini(BinOp::Or, idx, 0x100);
+    let dst = b.select(Cond::Eq, src, zero, zero, tagged);
+    b.set_cc(CcFamily::Logic, size, dst, None, None);
 }

@@ -12,7 +12,9 @@ use std::mem::offset_of;
 use iced_x86::{Instruction, OpKind, Register};
 
 use crate::tcg::flags::{CcOp, OpSize};
-use crate::tcg::ir::{BinOp, Cond, ExitKind, ExtKind, Helper, Label, MemSize, Op, Temp, UnOp, MAX_HELPER_ARGS};
+use crate::tcg::ir::{
+    BinOp, Cond, ExitKind, ExtKind, Helper, Label, MemFlags, MemSize, Op, Temp, UnOp, MAX_HELPER_ARGS,
+};
 use crate::tcg::state::{hflags, seg, SegmentCache, X86State};
 
 /// Where an operand lives.
@@ -45,6 +47,10 @@ pub struct IrBuilder {
     /// The next instruction overwrites all arithmetic flags without reading
     /// them and cannot fault first: this one need not store `cc_*`.
     pub flags_dead: bool,
+    /// Temps of this instruction holding stack addresses (implicit stack
+    /// accesses, RSP/RBP-based operands, and sums with them): their
+    /// accesses carry [`MemFlags::STACK`].
+    stack_addrs: Vec<Temp>,
 }
 
 /// Offset of GPR `i` (0..16) in the state.
@@ -96,6 +102,7 @@ impl IrBuilder {
             insn: InsnInfo::default(),
             cc_known: None,
             flags_dead: false,
+            stack_addrs: Vec::new(),
         }
     }
 
@@ -107,6 +114,7 @@ impl IrBuilder {
     pub fn begin_insn(&mut self, pc: u64, next_pc: u64) {
         self.insn = InsnInfo { pc, next_pc };
         self.next_temp = 0;
+        self.stack_addrs.clear();
         let len = u8::try_from(next_pc.wrapping_sub(pc)).unwrap_or(15);
         self.push(Op::InsnStart { pc, len });
     }
@@ -140,6 +148,10 @@ impl IrBuilder {
     pub fn bin(&mut self, op: BinOp, a: Temp, b: Temp) -> Temp {
         let dst = self.temp();
         self.push(Op::Bin { op, dst, a, b });
+        // An offset from a stack address still goes through SS.
+        if matches!(op, BinOp::Add | BinOp::Sub) && (self.is_stack_addr(a) || self.is_stack_addr(b)) {
+            self.stack_addrs.push(dst);
+        }
         dst
     }
 
@@ -207,14 +219,44 @@ impl IrBuilder {
         self.st_env(t, offset, size);
     }
 
+    /// Whether `t` is an SS-relative address (helpers that access memory
+    /// themselves must then turn a non-canonical #GP(0) into #SS(0)).
+    pub fn is_stack_addr(&self, t: Temp) -> bool {
+        self.stack_addrs.contains(&t)
+    }
+
+    /// Marks `t` as a stack address (see [`IrBuilder::is_stack_addr`]).
+    pub fn mark_stack_addr(&mut self, t: Temp) {
+        self.stack_addrs.push(t);
+    }
+
+    fn mem_flags(&self, addr: Temp) -> MemFlags {
+        if self.is_stack_addr(addr) {
+            MemFlags::STACK
+        } else {
+            MemFlags::NONE
+        }
+    }
+
     pub fn load(&mut self, addr: Temp, size: OpSize) -> Temp {
         let dst = self.temp();
-        self.push(Op::Load { dst, addr, size: mem_size(size), sign: false });
+        let flags = self.mem_flags(addr);
+        self.push(Op::Load { dst, addr, size: mem_size(size), sign: false, flags });
+        dst
+    }
+
+    /// The read half of a read-modify-write: checked for write, so a fault
+    /// reports W and happens before anything is modified.
+    pub fn load_for_write(&mut self, addr: Temp, size: OpSize) -> Temp {
+        let dst = self.temp();
+        let flags = self.mem_flags(addr).union(MemFlags::RMW);
+        self.push(Op::Load { dst, addr, size: mem_size(size), sign: false, flags });
         dst
     }
 
     pub fn store(&mut self, src: Temp, addr: Temp, size: OpSize) {
-        self.push(Op::Store { src, addr, size: mem_size(size) });
+        let flags = self.mem_flags(addr);
+        self.push(Op::Store { src, addr, size: mem_size(size), flags });
     }
 
     /// Calls `helper`; the result temp is always allocated (0 if unused).
@@ -370,11 +412,17 @@ impl IrBuilder {
             };
             acc = self.bin(BinOp::Add, acc, scaled);
         }
-        match addr_size {
+        let off = match addr_size {
             2 => self.ext(ExtKind::Zext16, acc),
             4 => self.ext(ExtKind::Zext32, acc),
             _ => acc,
+        };
+        // A non-canonical address formed from RSP or RBP raises #SS, from
+        // any other base #GP, whatever the segment prefix (as the CPU does).
+        if matches!(base.full_register(), Register::RSP | Register::RBP) {
+            self.stack_addrs.push(off);
         }
+        off
     }
 
     /// The linear address of the instruction's memory operand.
@@ -398,6 +446,14 @@ impl IrBuilder {
         match loc {
             Loc::Reg(r) => self.read_reg(r),
             Loc::Mem(addr) => self.load(addr, size),
+        }
+    }
+
+    /// Reads a read-modify-write destination (see [`IrBuilder::load_for_write`]).
+    pub fn read_loc_rmw(&mut self, loc: Loc, size: OpSize) -> Temp {
+        match loc {
+            Loc::Reg(r) => self.read_reg(r),
+            Loc::Mem(addr) => self.load_for_write(addr, size),
         }
     }
 

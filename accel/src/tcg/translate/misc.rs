@@ -89,11 +89,9 @@ pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
             return Lowered::End;
         }
         M::Xlatb => {
-            let al = b.read_gpr_sized(reg::RAX, OpSize::B1);
-            let base = b.effective_offset(insn);
-            let off = b.bin(BinOp::Add, base, al);
-            let off = if b.code64() { off } else { b.zext(OpSize::B4, off) };
-            let addr = b.linear(insn.memory_segment(), off);
+            // iced decodes the operand as [rBX+AL]: the effective address
+            // already adds AL (truncated to the address size).
+            let addr = b.ea(insn);
             let v = b.load(addr, OpSize::B1);
             b.write_gpr_sized(reg::RAX, OpSize::B1, v);
         }

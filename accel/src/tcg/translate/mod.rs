@@ -12,6 +12,7 @@ mod atomic;
 mod bits;
 pub mod builder;
 pub mod cc;
+mod cmpxchg_wide;
 mod control;
 mod misc;
 mod mov;
@@ -213,7 +214,13 @@ pub fn translate_block(
         b.begin_insn(insn.ip(), next);
         guest_len += insn.len() as u64;
         b.flags_dead = insns.get(i + 1).is_some_and(kills_flags);
-        let lowered = if insn.has_lock_prefix() { atomic::lower(&mut b, insn) } else { lower(&mut b, insn) };
+        let lowered = if cmpxchg_wide::claims(insn) {
+            cmpxchg_wide::lower(&mut b, insn)
+        } else if insn.has_lock_prefix() {
+            atomic::lower(&mut b, insn)
+        } else {
+            lower(&mut b, insn)
+        };
         match lowered {
             Lowered::Next if ends_block(insn) && i + 1 == insns.len() => {
                 b.goto_tb(1, next);
@@ -273,7 +280,9 @@ fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
         | M::Inc
         | M::Dec
         | M::Neg
-        | M::Not => alu::lower(b, insn),
+        | M::Not
+        | M::Adcx
+        | M::Adox => alu::lower(b, insn),
         M::Mov
         | M::Movzx
         | M::Movsx

@@ -42,14 +42,21 @@ pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
         c
     };
     if let Count::Const(0) = c {
-        // No flags change; a 32-bit register destination is still written.
-        if let Loc::Reg(r) = dst {
-            let v = b.read_reg(r);
-            b.write_reg(r, v);
+        // No flags change, but the destination is still accessed as a
+        // read-modify-write: a 32-bit register is zero-extended, memory is
+        // checked for write (it faults as the CPU's RMW does).
+        match dst {
+            Loc::Reg(r) => {
+                let v = b.read_reg(r);
+                b.write_reg(r, v);
+            }
+            Loc::Mem(addr) => {
+                b.load_for_write(addr, size);
+            }
         }
         return Lowered::Next;
     }
-    let a = b.read_loc(dst, size);
+    let a = b.read_loc_rmw(dst, size);
     let cnt = match c {
         Count::Const(k) => b.movi(k),
         Count::Dynamic(t) => t,

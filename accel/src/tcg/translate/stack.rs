@@ -1,9 +1,6 @@
 //! The stack: PUSH POP PUSHF POPF LAHF SAHF ENTER LEAVE, and the
 //! push/pop primitives other families use (CALL, RET, INT frames are
 //! `interrupts`'s).
-//!
-//! Deviation: `POP [mem]` computes an RSP-based address with the RSP value
-//! before the pop (hardware uses the incremented one).
 
 use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 
@@ -30,7 +27,9 @@ impl IrBuilder {
     /// Linear address of stack offset `sp`.
     pub fn stack_addr(&mut self, sp: Temp) -> Temp {
         let sp = self.zext(self.sp_size(), sp);
-        self.linear(Register::SS, sp)
+        let addr = self.linear(Register::SS, sp);
+        self.mark_stack_addr(addr);
+        addr
     }
 
     /// Stores `v` (`size` bytes) below the stack top; returns the new stack
@@ -89,7 +88,13 @@ pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
         }
         M::Enter => enter(b, insn),
         M::Leave => {
-            let size = stack_op_size(insn).unwrap_or(b.sp_size());
+            // The pop's size is the operand size (iced's stack increment
+            // for LEAVE is not it).
+            let size = match insn.code() {
+                iced_x86::Code::Leavew => OpSize::B2,
+                iced_x86::Code::Leaved => OpSize::B4,
+                _ => OpSize::B8,
+            };
             let bp = b.gpr(reg::RBP);
             let (v, sp) = b.pop_value(bp, size);
             b.commit_sp(sp);
@@ -137,7 +142,7 @@ fn pop(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
         if insn.try_op_register(0).is_ok_and(|r| r.is_segment_register()) {
             return super::system::lower_pop_sreg(b, insn);
         }
-        let Some(dst) = b.loc(insn, 0) else { return Lowered::Unsupported };
+        let Some(dst) = pop_destination(b, insn, size) else { return Lowered::Unsupported };
         let sp = b.read_sp();
         let (v, new_sp) = b.pop_value(sp, size);
         if let super::builder::Loc::Mem(addr) = dst {
@@ -159,6 +164,23 @@ fn pop(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
     b.set_rip(b.insn.next_pc);
     b.exit(ExitKind::Lookup);
     Lowered::End
+}
+
+/// POP's destination. An RSP-based memory address uses RSP as incremented
+/// by the pop (SDM Vol. 2 POP), though RSP itself is committed last.
+fn pop_destination(b: &mut IrBuilder, insn: &Instruction, size: OpSize) -> Option<super::builder::Loc> {
+    let base = insn.memory_base();
+    if insn.try_op_kind(0).ok()? != OpKind::Memory || base.full_register() != Register::RSP {
+        return b.loc(insn, 0);
+    }
+    let off = b.effective_offset(insn);
+    let off = b.bini(BinOp::Add, off, size as u64);
+    let off = match base.size() {
+        4 => b.zext(OpSize::B4, off),
+        2 => b.zext(OpSize::B2, off),
+        _ => off,
+    };
+    Some(super::builder::Loc::Mem(b.linear(insn.memory_segment(), off)))
 }
 
 /// Writes the popped image `args[0]` (`args[1]` bytes wide) into RFLAGS
@@ -194,6 +216,10 @@ static POPF_HELPER: Helper = Helper {
     writes: StateParts::FLAGS.union(StateParts::SYSTEM),
 };
 
+/// ENTER alloc, level (SDM Vol. 2 ENTER): push RBP; for a nested frame
+/// (level > 0), copy `level - 1` frame pointers from the old frame (read
+/// through SS from RBP downwards) and push the new frame pointer; then
+/// RBP = frame, RSP -= alloc. Registers are written after the last store.
 fn enter(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
     let size = match insn.code() {
         iced_x86::Code::Enterw_imm16_imm8 => OpSize::B2,
@@ -201,14 +227,21 @@ fn enter(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
         _ => OpSize::B8,
     };
     let alloc = u64::from(insn.immediate16());
-    if insn.immediate8_2nd() & 0x1f != 0 {
-        // Nested frames (level > 0) are rare outside Pascal compilers.
-        return Lowered::Unsupported;
-    }
+    let level = u64::from(insn.immediate8_2nd() & 0x1f);
     let sp = b.read_sp();
     let bp = b.gpr(reg::RBP);
     let frame = b.push_value(sp, bp, size);
-    let new_sp = b.bini(BinOp::Sub, frame, alloc);
+    let mut top = frame;
+    if level > 0 {
+        for i in 1..level {
+            let at = b.bini(BinOp::Sub, bp, i * size as u64);
+            let addr = b.stack_addr(at);
+            let v = b.load(addr, size);
+            top = b.push_value(top, v, size);
+        }
+        top = b.push_value(top, frame, size);
+    }
+    let new_sp = b.bini(BinOp::Sub, top, alloc);
     b.commit_sp(new_sp);
     b.write_gpr_sized(reg::RBP, size, frame);
     Lowered::Next

@@ -10,6 +10,7 @@ use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
 
 use super::builder::{seg_selector_offset, IrBuilder};
 use super::Lowered;
+use crate::tcg::apic::CpuApic;
 use crate::tcg::context::CpuContext;
 use crate::tcg::exception::Exception;
 use crate::tcg::flags::OpSize;
@@ -320,13 +321,23 @@ fn helper_iret(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exception>
 }
 
 fn helper_write_cr(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exception> {
-    let effect = system::write_cr(ctx.state, arg(args, 0) as u8, arg(args, 1))?;
+    let (n, value) = (arg(args, 0) as u8, arg(args, 1));
+    let effect = system::write_cr(ctx.state, n, value)?;
+    // CR8 is the LAPIC's TPR (SDM 11.8.6.1).
+    if let (8, Some(apic)) = (n, ctx.apic) {
+        apic.set_cr8(value);
+    }
     apply(ctx, effect);
     Ok(0)
 }
 
 fn helper_read_cr(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exception> {
-    system::read_cr(ctx.state, arg(args, 0) as u8)
+    let n = arg(args, 0) as u8;
+    let v = system::read_cr(ctx.state, n)?;
+    Ok(match (n, ctx.apic) {
+        (8, Some(apic)) => apic.cr8(),
+        _ => v,
+    })
 }
 
 /// `args`: linear address, which (LGDT, LIDT, SGDT, SIDT) | operand size << 8.
@@ -394,8 +405,26 @@ fn helper_cpuid(ctx: &mut CpuContext<'_>, _: &[u64]) -> Result<u64, Exception> {
     Ok(0)
 }
 
+/// The LAPIC's MSRs (IA32_APIC_BASE, IA32_TSC_DEADLINE, x2APIC registers)
+/// go to the vCPU's LAPIC when the VM has one; everything else to `system`.
+fn lapic_msr<'a>(ctx: &CpuContext<'a>, msr: u32) -> Result<Option<&'a CpuApic>, Exception> {
+    match ctx.apic {
+        Some(apic) if CpuApic::handles_msr(msr) => {
+            if ctx.state.cpl() != 0 {
+                return Err(Exception::gp0());
+            }
+            Ok(Some(apic))
+        }
+        _ => Ok(None),
+    }
+}
+
 fn helper_rdmsr(ctx: &mut CpuContext<'_>, _: &[u64]) -> Result<u64, Exception> {
-    let v = system::rdmsr(ctx.state, ctx.state.gpr[reg::RCX] as u32)?;
+    let msr = ctx.state.gpr[reg::RCX] as u32;
+    let v = match lapic_msr(ctx, msr)? {
+        Some(apic) => apic.rdmsr(msr, ctx.state.msr.tsc_offset)?,
+        None => system::rdmsr(ctx.state, msr)?,
+    };
     ctx.state.gpr[reg::RAX] = v & 0xffff_ffff;
     ctx.state.gpr[reg::RDX] = v >> 32;
     Ok(0)
@@ -403,8 +432,13 @@ fn helper_rdmsr(ctx: &mut CpuContext<'_>, _: &[u64]) -> Result<u64, Exception> {
 
 fn helper_wrmsr(ctx: &mut CpuContext<'_>, _: &[u64]) -> Result<u64, Exception> {
     let g = &ctx.state.gpr;
-    let v = (g[reg::RDX] << 32) | (g[reg::RAX] & 0xffff_ffff);
-    let effect = system::wrmsr(ctx.state, g[reg::RCX] as u32, v)?;
+    let (msr, v) = (g[reg::RCX] as u32, (g[reg::RDX] << 32) | (g[reg::RAX] & 0xffff_ffff));
+    if let Some(apic) = lapic_msr(ctx, msr)? {
+        apic.wrmsr(msr, v, ctx.state.msr.tsc_offset)?;
+        ctx.state.msr.apic_base = apic.apic_base();
+        return Ok(0);
+    }
+    let effect = system::wrmsr(ctx.state, msr, v)?;
     apply(ctx, effect);
     Ok(0)
 }
