@@ -17,6 +17,13 @@
 //!   CF undefined (with CL, the count is unknown: CF may be undefined);
 //! - REP CMPS/SCAS with a zero count write no flags.
 //!
+//! What the mask hides between TCG and this host (Intel, Sapphire
+//! Rapids-class), per a 200,000-case campaign: only OF after SHL/SAL, SHR,
+//! SHLD and SHRD by a count > 1, where the SDM leaves it undefined and TCG
+//! keeps QEMU's formula (the table in `crate::tcg::flags` says why). Every
+//! other undefined flag TCG produces equals the host's, ROL/ROR's
+//! encoding-dependent OF included.
+//!
 //! The generator uses the same transfer function so that it never emits an
 //! instruction that *reads* a possibly undefined flag (ADC, Jcc, SETcc,
 //! LAHF…): an undefined value would otherwise leak into registers or

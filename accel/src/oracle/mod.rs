@@ -14,9 +14,14 @@
 //! - [`compare`](mod@compare): compares two [`Outcome`]s and localises a divergence by
 //!   running prefixes of the sequence.
 //!
-//! Known oracle disagreement: under PVM, POPCNT with a non-canonical memory
-//! operand raises #UD instead of #GP(0) (PVM hands guest-user #GP to KVM's
-//! instruction emulator, which lacks POPCNT). The native run is right.
+//! Known oracle disagreements, all PVM's (it hands a guest-user #GP/#SS to
+//! KVM's instruction emulator); the native run is right:
+//! - POPCNT, MOVBE, ADCX, ADOX with a non-canonical memory operand raise
+//!   #UD instead of #GP(0) (the emulator lacks them);
+//! - with a segment prefix, a non-canonical address raises #SS or #GP by
+//!   the segment; the CPU decides by the base register (RSP/RBP: #SS);
+//! - a misaligned CMPXCHG16B through a non-canonical RBP raises #SS; the
+//!   CPU's alignment #GP(0) comes first.
 //!
 //! # Address layout (the same in the host child, the guest, and TCG runs)
 //!

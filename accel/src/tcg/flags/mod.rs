@@ -77,6 +77,7 @@
 //! | SHL SHR, 8/16-bit, count >= size | CF, OF | CF = last bit shifted out (wide shift) | CF = host; OF as above |
 //! | SHLD SHRD, count > 1 | OF, AF | OF = sign change MSB(src) ^ MSB(result), AF = 0 | AF = host; OF from the first 1-bit step, **differs** |
 //! | ROL ROR RCL RCR, count > 1 | OF | first 1-bit step: ROL/RCL MSB ^ MSB-1 of operand, ROR LSB ^ MSB, RCR MSB ^ CF in | = host |
+//! | ROL ROR by an immediate > 1 on a register | OF | unchanged (the frontend, not [`rotate_flags`]) | = host (by CL, or on memory: the row above) |
 //! | RCL RCR 8/16-bit, count ≡ 0 mod 9/17 (count != 0) | OF | unchanged (CF too, as SDM) | = host |
 //! | MUL IMUL | SF ZF AF PF | SF = MSB of low half, ZF = 0, AF = 0, PF = parity of low half | = host |
 //! | BLSI BLSMSK BLSR BZHI | AF PF | 0, 0 | = host |

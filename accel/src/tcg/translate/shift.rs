@@ -74,7 +74,9 @@ pub(super) fn lower(b: &mut IrBuilder, insn: &Instruction) -> Lowered {
             let r = rotate(b, m == Mnemonic::Rol, size, a, cnt);
             b.write_loc(dst, size, r);
             flag_guard(b, &c, cnt, skip_flags);
-            rotate_flags(b, m == Mnemonic::Rol, size, r);
+            // The host's choice for the undefined OF differs by encoding.
+            let keep_of = matches!((&c, dst), (Count::Const(k), Loc::Reg(_)) if *k > 1);
+            rotate_flags(b, m == Mnemonic::Rol, size, a, r, keep_of);
         }
         Mnemonic::Rcl | Mnemonic::Rcr => {
             let mode = b.movi(size as u64 | if m == Mnemonic::Rcl { 0x100 } else { 0 });
@@ -150,21 +152,31 @@ fn rotate(b: &mut IrBuilder, left: bool, size: OpSize, a: Temp, cnt: Temp) -> Te
     b.zext(size, r)
 }
 
-/// ROL: CF = bit 0, OF = MSB ^ CF. ROR: CF = MSB, OF = MSB ^ MSB-1.
-/// Other flags are kept, so RFLAGS is materialised.
-fn rotate_flags(b: &mut IrBuilder, left: bool, size: OpSize, r: Temp) {
+/// ROL: CF = bit 0 of the result; ROR: CF = its MSB. OF is exact for a
+/// count of 1; for the SDM-undefined count > 1 this does what the host
+/// does: by CL, OF of the first 1-bit step from the original operand `a`
+/// (ROL MSB ^ MSB-1, ROR LSB ^ MSB, as [`flags::rotate_flags`]), and the
+/// same by an immediate on memory; by an immediate on a register
+/// (`keep_of`), OF unchanged. Other flags are kept, so RFLAGS is
+/// materialised.
+fn rotate_flags(b: &mut IrBuilder, left: bool, size: OpSize, a: Temp, r: Temp, keep_of: bool) {
     let f = b.rflags();
-    let f = b.bini(BinOp::And, f, !(rf::CF | rf::OF));
     let top = u64::from(size.bits() - 1);
-    let msb = b.bini(BinOp::Shr, r, top);
-    let msb = b.bini(BinOp::And, msb, 1);
-    let (cf, other) = if left {
-        (b.bini(BinOp::And, r, 1), msb)
-    } else {
-        let next = b.bini(BinOp::Shr, r, top - 1);
-        (msb, b.bini(BinOp::And, next, 1))
+    let bit = |b: &mut IrBuilder, v: Temp, n: u64| {
+        let s = b.bini(BinOp::Shr, v, n);
+        b.bini(BinOp::And, s, 1)
     };
-    let of = if left { b.bin(BinOp::Xor, msb, cf) } else { b.bin(BinOp::Xor, msb, other) };
+    let cf = if left { bit(b, r, 0) } else { bit(b, r, top) };
+    if keep_of {
+        let f = b.bini(BinOp::And, f, !rf::CF);
+        let f = b.bin(BinOp::Or, f, cf);
+        b.set_rflags(f);
+        return;
+    }
+    let f = b.bini(BinOp::And, f, !(rf::CF | rf::OF));
+    let msb = bit(b, a, top);
+    let other = if left { bit(b, a, top - 1) } else { bit(b, a, 0) };
+    let of = b.bin(BinOp::Xor, msb, other);
     let of = b.bini(BinOp::Shl, of, 11);
     let f = b.bin(BinOp::Or, f, cf);
     let f = b.bin(BinOp::Or, f, of);
