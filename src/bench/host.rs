@@ -65,8 +65,8 @@ pub fn load_average() -> Option<String> {
 }
 
 /// The header facts every benchmark shows: CPU, host kernel, KVM kind, the
-/// rxvmm binary and build profile, and the QEMU compared with.
-pub fn facts(report: &mut Report, host: &Host, exe: &Path, qemu: &Result<PathBuf, String>) {
+/// rxvmm binary and build profile, and the QEMU compared with (if any).
+pub fn facts(report: &mut Report, host: &Host, exe: &Path, qemu: Option<&Result<PathBuf, String>>) {
     report.fact("cpu", "CPU", format!("{} ({} CPUs)", host.cpu_model, host.cpus));
     report.fact("kernel", "Host kernel", host.kernel.clone());
     report.fact("kvm", "KVM", host.kvm_kind());
@@ -78,11 +78,12 @@ pub fn facts(report: &mut Report, host: &Host, exe: &Path, qemu: &Result<PathBuf
     let profile = if cfg!(debug_assertions) { "debug build: not representative" } else { "release build" };
     report.fact("rxvmm", "rxvmm", format!("{} {} ({profile})", exe.display(), env!("CARGO_PKG_VERSION")));
     let qemu_fact = match qemu {
-        Ok(path) => {
+        Some(Ok(path)) => {
             let version = version_line(path).unwrap_or_else(|| "version unknown".into());
             format!("{} ({version})", path.display())
         }
-        Err(why) => why.clone(),
+        Some(Err(why)) => why.clone(),
+        None => return,
     };
     report.fact("qemu", "QEMU", qemu_fact);
 }

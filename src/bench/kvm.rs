@@ -217,7 +217,7 @@ impl Bench {
 }
 
 fn header(report: &mut Report, host: &Host, exe: &Path, qemu: &Result<PathBuf, String>) {
-    host::facts(report, host, exe, qemu);
+    host::facts(report, host, exe, Some(qemu));
     report.fact(
         "method",
         "Method",

@@ -1,19 +1,27 @@
 //! `rxvmm bench <name>`: measurements of rxvmm, printed as a Markdown table
-//! (or JSON). Each benchmark is one module; `kvm` is the VMM's own cost on
-//! the KVM path. Later ones (`tcg`, `boot`, `blk`) become further
-//! [`Benchmark`] values.
+//! (or JSON). Each benchmark is one module: `kvm` is the VMM's own cost on
+//! the KVM path, `tcg` the TCG engine's guest MIPS and translation cost,
+//! `boot` the default Linux guest's boot beside QEMU's. Later ones (`blk`)
+//! become further [`Benchmark`] values.
 
+mod boot;
 mod child;
 mod host;
 mod kvm;
+mod loops;
 mod qemu;
 mod report;
+mod runs;
 mod stats;
+mod tcg;
+mod translate;
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::guests::GuestError;
+pub use boot::Engine;
 pub use child::ChildError;
 
 /// The benchmarks `rxvmm bench` knows.
@@ -22,6 +30,12 @@ pub enum Benchmark {
     /// rxvmm on KVM: boot to marker and to exit, peak RSS, PIO and MMIO exit
     /// round trips; QEMU microvm on the same guest when it is installed.
     Kvm,
+    /// The TCG engine: guest MIPS on CPU-bound loops (TCG at CPL0 and CPL3,
+    /// KVM beside it), and translation time per block.
+    Tcg,
+    /// The default Linux guest: time to its userspace marker and to exit,
+    /// under rxvmm and QEMU with the same engine (`--accel`, TCG by default).
+    Boot,
 }
 
 #[derive(Debug, clap::Args)]
@@ -30,7 +44,8 @@ pub struct BenchArgs {
     #[arg(value_enum)]
     pub benchmark: Benchmark,
 
-    /// Timed runs per measurement [default: 20 per boot series, 5 per exit loop].
+    /// Timed runs per measurement [default: kvm: 20 per boot series, 5 per
+    /// exit loop; tcg: 3; boot: 3].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub runs: Option<u32>,
 
@@ -45,6 +60,15 @@ pub struct BenchArgs {
     /// Skip the QEMU comparison.
     #[arg(long)]
     pub no_qemu: bool,
+
+    /// `boot`: the engine rxvmm and QEMU boot with.
+    #[arg(long, value_enum, default_value_t = Engine::Tcg)]
+    pub accel: Engine,
+
+    /// `boot`: give up on a boot after this many seconds [default: 600 under
+    /// TCG, 60 under KVM].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout: Option<u64>,
 }
 
 /// Why a benchmark could not produce its report (a failing measurement
@@ -57,6 +81,10 @@ pub enum BenchError {
     CurrentExe(#[source] std::io::Error),
     #[error("building guest {0}")]
     Guest(&'static str, #[source] GuestError),
+    #[error("building the loop guest")]
+    LoopGuest(#[source] loops::LoopError),
+    #[error("{} is missing: build the default guest with resources/build-guest.sh", .0.display())]
+    NoGuest(PathBuf),
     #[error("writing {}", .0.display())]
     GuestFile(PathBuf, #[source] std::io::Error),
     #[error(transparent)]
@@ -71,15 +99,20 @@ pub enum BenchError {
 /// Runs the chosen benchmark and prints its report on stdout (progress
 /// goes to stderr).
 pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
+    let qemu = match (&args.qemu, args.no_qemu) {
+        (_, true) => qemu::QemuChoice::Off,
+        (Some(path), false) => qemu::QemuChoice::Path(path.clone()),
+        (None, false) => qemu::QemuChoice::Search,
+    };
     let (report, ok) = match args.benchmark {
-        Benchmark::Kvm => {
-            let qemu = match (&args.qemu, args.no_qemu) {
-                (_, true) => qemu::QemuChoice::Off,
-                (Some(path), false) => qemu::QemuChoice::Path(path.clone()),
-                (None, false) => qemu::QemuChoice::Search,
-            };
-            kvm::run(&kvm::Options { runs: args.runs, qemu })?
-        }
+        Benchmark::Kvm => kvm::run(&kvm::Options { runs: args.runs, qemu })?,
+        Benchmark::Tcg => tcg::run(&tcg::Options { runs: args.runs })?,
+        Benchmark::Boot => boot::run(&boot::Options {
+            runs: args.runs,
+            engine: args.accel,
+            qemu,
+            timeout: args.timeout.map(Duration::from_secs),
+        })?,
     };
     let text = if args.json { report.to_json() } else { report.to_markdown() };
     let mut out = std::io::stdout().lock();
