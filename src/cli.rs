@@ -61,6 +61,18 @@ pub struct VmArgs {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     pub cpus: u8,
+
+    /// A virtio-blk disk on a raw image: path=FILE[,readonly=on]. Repeatable.
+    #[arg(long, value_name = "path=FILE[,readonly=on]")]
+    pub disk: Vec<String>,
+
+    /// A virtio-rng device fed from the host's getrandom.
+    #[arg(long)]
+    pub rng: bool,
+
+    /// A virtio-net NIC on a host tap: tap=NAME[,mac=52:54:00:12:34:56]. Repeatable.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    pub net: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

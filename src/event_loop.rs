@@ -1,4 +1,5 @@
-//! The main thread's `event-manager` loop: console input and VM-exit events.
+//! The main thread's `event-manager` loop: console input, VM-exit events and
+//! the virtio devices' queues and backends.
 //!
 //! Nothing here polls: the thread sleeps in epoll until stdin has bytes or a
 //! device / vCPU signals the exit eventfd.
@@ -20,7 +21,8 @@ pub enum EventLoopError {
     Run(event_manager::Error),
 }
 
-type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+/// A handler on the loop (console input, VM exit, a virtio device).
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 pub struct EventLoop {
     manager: EventManager<Subscriber>,
@@ -30,7 +32,13 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
-    pub fn new(exit: Arc<VmExitSignal>, console: Console, serial: Arc<Serial>) -> Result<Self, EventLoopError> {
+    /// `devices` are further subscribers: the virtio devices' queues and backends.
+    pub fn new(
+        exit: Arc<VmExitSignal>,
+        console: Console,
+        serial: Arc<Serial>,
+        devices: Vec<Subscriber>,
+    ) -> Result<Self, EventLoopError> {
         let mut manager = EventManager::<Subscriber>::new().map_err(EventLoopError::Create)?;
         manager.add_subscriber(Arc::new(Mutex::new(ExitWatcher { exit: exit.clone() })));
         if let Some(fd) = console.input_fd() {
@@ -41,6 +49,9 @@ impl EventLoop {
                 escapes: console.is_interactive().then(EscapeParser::default),
             };
             manager.add_subscriber(Arc::new(Mutex::new(input)));
+        }
+        for device in devices {
+            manager.add_subscriber(device);
         }
         Ok(Self { manager, exit, _console: console })
     }

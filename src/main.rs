@@ -8,7 +8,7 @@ use rxvmm::cli::{default_guest_dir, Cli, Command, VmArgs, DEFAULT_CMDLINE};
 use rxvmm::console::Console;
 use rxvmm::exit_code;
 use rxvmm::loader::KernelConfig;
-use rxvmm::vmm::{run_vm, VmSpec};
+use rxvmm::vmm::{run_vm, VirtioSpec, VmSpec};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -28,7 +28,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &VmArgs) -> anyhow::Result<u8> {
-    let spec = vm_spec(args);
+    let spec = vm_spec(args)?;
     let accel = rxvmm::accel_select::select(args.accel)?;
     let reason = run_vm(&spec, accel.as_ref(), Console::stdio())?;
     let code = exit_code::for_reason(&reason);
@@ -41,14 +41,15 @@ fn run(args: &VmArgs) -> anyhow::Result<u8> {
     Ok(code)
 }
 
-fn vm_spec(args: &VmArgs) -> VmSpec {
+fn vm_spec(args: &VmArgs) -> anyhow::Result<VmSpec> {
     let guest = default_guest_dir();
     let (kernel, initrd) = match &args.kernel {
         Some(k) => (k.clone(), args.initrd.clone()),
         None => (guest.join("bzImage"), args.initrd.clone().or_else(|| Some(guest.join("initrd.img")))),
     };
     let cmdline = args.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
-    VmSpec { kernel: KernelConfig { kernel, initrd, cmdline }, mem_mib: args.mem, vcpus: args.cpus }
+    let virtio = VirtioSpec::parse(&args.disk, args.rng, &args.net)?;
+    Ok(VmSpec { kernel: KernelConfig { kernel, initrd, cmdline }, mem_mib: args.mem, vcpus: args.cpus, virtio })
 }
 
 fn write_guest(name: Option<String>, output: Option<std::path::PathBuf>, list: bool) -> anyhow::Result<()> {

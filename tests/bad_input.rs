@@ -124,3 +124,45 @@ fn usage_errors_use_clap_code() {
     let run = run_rxvmm(&["--mem", "lots"], None, TIMEOUT);
     run.assert_code(2);
 }
+
+/// `--disk`/`--net` problems: one line naming the option, before any vCPU runs.
+fn fails_with_device(device_args: &[&str], needle: &str) {
+    let k = builtin_guest("hello");
+    let k = k.to_string_lossy();
+    let mut args = vec!["--accel", tcg_or_kvm(), "--kernel", &k];
+    args.extend_from_slice(device_args);
+    fails_with(&args, needle);
+}
+
+#[test]
+fn disk_without_a_path() {
+    fails_with_device(&["--disk", "readonly=on"], "--disk readonly=on: missing path=FILE");
+}
+
+#[test]
+fn disk_image_that_does_not_exist() {
+    fails_with_device(&["--disk", "path=/nonexistent/disk.img"], "cannot open disk image /nonexistent/disk.img");
+}
+
+#[test]
+fn disk_image_that_is_a_directory() {
+    let dir = scratch_dir().to_string_lossy().into_owned();
+    fails_with_device(&["--disk", &format!("path={dir},readonly=on")], "not a regular file");
+}
+
+#[test]
+fn malformed_disk_options() {
+    let img = file_with("disk.img", &[0; 4096]);
+    fails_with_device(&["--disk", &format!("path={img},cache=none")], "unknown key \"cache\"");
+    fails_with_device(&["--disk", &img], "expected key=value");
+    fails_with_device(&["--disk", &format!("path={img},readonly=maybe")], "readonly=maybe: expected on or off");
+}
+
+#[test]
+fn tap_that_cannot_be_opened() {
+    // "lo" exists and is not a tap: TUNSETIFF refuses it (or /dev/net/tun
+    // itself is unavailable); either way nothing is created on the host.
+    fails_with_device(&["--net", "tap=lo"], "--net: cannot");
+    fails_with_device(&["--net", "tap=a-name-longer-than-ifnamsiz"], "must be 1 to 15 bytes");
+    fails_with_device(&["--net", "tap=t0,mac=01:02:03:04:05:06"], "unicast");
+}

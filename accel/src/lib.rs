@@ -101,6 +101,10 @@ pub trait Vm: Send + Sync {
     fn engine_devices(&self) -> EngineDevices {
         EngineDevices::default()
     }
+    /// A device wrote `[gpa, gpa + len)` of guest memory behind the vCPUs'
+    /// backs (virtio DMA). An engine that translates guest code drops what
+    /// it translated from those pages; KVM has nothing to do.
+    fn notify_guest_write(&self, _gpa: u64, _len: u64) {}
     /// Creates vCPU `id` (its APIC ID). vCPU 0 is the bootstrap processor;
     /// the others wait for INIT/SIPI from the guest.
     fn create_vcpu(&self, id: u8, ops: Arc<dyn VmOps>) -> Result<Box<dyn Vcpu>>;

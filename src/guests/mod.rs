@@ -22,6 +22,7 @@ mod elf;
 mod image;
 mod rt;
 mod simple;
+mod virtio_blk;
 
 use iced_x86::IcedError;
 
@@ -61,6 +62,12 @@ pub const APIC_PREFIX: &str = "rxvmm-apic: ";
 /// ([`BOOT_REPORT_USER_RESULT`]). Then it powers off. A fault prints
 /// `exception=` lines and triple-faults.
 pub const BOOT_REPORT_PREFIX: &str = "rxvmm-boot: ";
+/// `virtio-blk` prints `read-status`, `data` (sector 0's first 8 bytes as
+/// a little-endian u64), `isr`, `write-status`, `flush-status` lines, then
+/// `done`, and powers off.
+pub const VIRTIO_BLK_PREFIX: &str = "rxvmm-virtio: ";
+/// What `virtio-blk` writes at the start of sector 1.
+pub const VIRTIO_BLK_PATTERN: &[u8; 8] = b"rxvmmblk";
 
 /// Errors building a guest image.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +88,7 @@ pub enum GuestError {
 
 type Builder = fn() -> Result<image::Built, GuestError>;
 
-const NAMES: [&str; 9] = [
+const NAMES: [&str; 10] = [
     "hello",
     "poweroff",
     "pio-loop",
@@ -91,6 +98,7 @@ const NAMES: [&str; 9] = [
     "unmapped-mmio",
     "boot-report",
     "boot-report-linux64",
+    "virtio-blk",
 ];
 
 fn builder(name: &str) -> Option<Builder> {
@@ -104,6 +112,7 @@ fn builder(name: &str) -> Option<Builder> {
         "unmapped-mmio" => simple::unmapped_mmio,
         "boot-report" => boot_report::boot_report,
         "boot-report-linux64" => boot_report::boot_report_linux64,
+        "virtio-blk" => simple::virtio_blk,
         _ => return None,
     };
     Some(f)

@@ -85,6 +85,10 @@ pub(super) fn mmio_loop() -> Result<Built, GuestError> {
     })
 }
 
+pub(super) fn virtio_blk() -> Result<Built, GuestError> {
+    single(super::virtio_blk::body)
+}
+
 pub(super) fn triple_fault() -> Result<Built, GuestError> {
     single(|a, rt| {
         rt.print(a, TRIPLE_FAULT_LINE)?;

@@ -20,7 +20,7 @@ fn decode(bitness: u32, ip: u64, bytes: &[u8]) -> Vec<Instruction> {
 
 #[test]
 fn every_name_builds_and_loads() {
-    assert_eq!(names().len(), 9);
+    assert_eq!(names().len(), 10);
     for &name in names() {
         let elf = build(name).unwrap_or_else(|e| panic!("{name}: {e}"));
         let (result, mem) = load(&elf);

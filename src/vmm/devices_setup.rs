@@ -36,6 +36,7 @@ impl PlatformDevices {
         exit: &Arc<VmExitSignal>,
         console_out: Box<dyn Write + Send>,
         start: Instant,
+        virtio_mmio: Vec<BusSlot>,
     ) -> Result<Self, DeviceSetupError> {
         let serial_irq = vm.irq_line(layout::irq::SERIAL_COM1).map_err(|e| DeviceSetupError::Irq("serial", e))?;
         let serial = Arc::new(Serial::new(serial_irq, console_out));
@@ -62,6 +63,7 @@ impl PlatformDevices {
         };
         insert_all(&mut pio_bus, engine.pio)?;
         insert_all(&mut mmio_bus, engine.mmio)?;
+        insert_all(&mut mmio_bus, virtio_mmio)?;
 
         Ok(Self { pio: Arc::new(pio_bus), mmio: Arc::new(mmio_bus), serial, boot_marker })
     }

@@ -4,6 +4,7 @@
 mod bus_ops;
 mod devices_setup;
 mod vcpu_thread;
+pub mod virtio;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::memory::create_guest_memory;
 pub use bus_ops::BusOps;
 pub use devices_setup::PlatformDevices;
 use vcpu_thread::VcpuThread;
+pub use virtio::VirtioSpec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -37,6 +39,8 @@ pub enum VmmError {
     VcpuCount(u8, u8),
     #[error("event loop: {0}")]
     EventLoop(#[from] crate::event_loop::EventLoopError),
+    #[error(transparent)]
+    Virtio(#[from] virtio::VirtioError),
     #[error("starting vCPU thread: {0}")]
     Thread(#[source] std::io::Error),
 }
@@ -47,6 +51,7 @@ pub struct VmSpec {
     pub kernel: KernelConfig,
     pub mem_mib: u64,
     pub vcpus: u8,
+    pub virtio: VirtioSpec,
 }
 
 /// Upper bound on vCPUs: APIC IDs are 8-bit and the IOAPIC takes the next ID.
@@ -60,12 +65,16 @@ pub fn run_vm(spec: &VmSpec, accel: &dyn Accelerator, mut console: Console) -> R
         return Err(VmmError::VcpuCount(spec.vcpus, MAX_VCPUS));
     }
     let memory = create_guest_memory(spec.mem_mib)?;
-    let rsdp = create_acpi_tables(&memory, &AcpiConfig { vcpus: spec.vcpus, virtio_devices: Vec::new() })?;
+    // Disk images and taps open before anything else: bad paths fail fast.
+    let virtio_devices = virtio::open_devices(&spec.virtio)?;
+    let virtio_devices_acpi = virtio::acpi_entries(&virtio_devices);
+    let rsdp = create_acpi_tables(&memory, &AcpiConfig { vcpus: spec.vcpus, virtio_devices: virtio_devices_acpi })?;
     let boot = load_kernel(&memory, &spec.kernel, Some(rsdp))?;
 
     let vm = accel.create_vm(&memory, &VmConfig { vcpus: spec.vcpus })?;
     let exit = Arc::new(VmExitSignal::new().map_err(devices_setup::DeviceSetupError::EventFd)?);
-    let platform = PlatformDevices::new(vm.as_ref(), &exit, console.output(), start)?;
+    let virtio = virtio::attach(virtio_devices, &vm, &memory)?;
+    let platform = PlatformDevices::new(vm.as_ref(), &exit, console.output(), start, virtio.mmio.clone())?;
     let ops = Arc::new(BusOps::new(platform.pio.clone(), platform.mmio.clone()));
 
     let mut vcpus = Vec::with_capacity(usize::from(spec.vcpus));
@@ -93,7 +102,7 @@ pub fn run_vm(spec: &VmSpec, accel: &dyn Accelerator, mut console: Console) -> R
 
     let loop_result = match spawn_error {
         Some(e) => Err(VmmError::Thread(e)),
-        None => EventLoop::new(exit.clone(), console, platform.serial.clone())
+        None => EventLoop::new(exit.clone(), console, platform.serial.clone(), virtio.subscribers.clone())
             .and_then(|mut l| l.run())
             .map_err(VmmError::from),
     };
@@ -106,6 +115,7 @@ pub fn run_vm(spec: &VmSpec, accel: &dyn Accelerator, mut console: Console) -> R
     for t in threads {
         t.join();
     }
+    virtio.shutdown();
     loop_result?;
     Ok(exit.reason().unwrap_or_else(|| ExitReason::VmmError("VM ended without a reason".into())))
 }

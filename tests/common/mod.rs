@@ -72,7 +72,10 @@ pub fn scratch_dir() -> &'static Path {
 pub fn builtin_guest(name: &str) -> PathBuf {
     let path = scratch_dir().join(format!("{name}.elf"));
     let image = rxvmm::guests::build(name).unwrap_or_else(|e| panic!("build guest {name}: {e}"));
-    std::fs::write(&path, image).expect("write guest");
+    // Write then rename: tests running in parallel may be reading `path`.
+    let tmp = scratch_dir().join(format!("{name}.elf.{:?}", std::thread::current().id()));
+    std::fs::write(&tmp, image).expect("write guest");
+    std::fs::rename(&tmp, &path).expect("rename guest");
     path
 }
 

@@ -25,6 +25,7 @@
 //! - `apic`: a vCPU's side of the emulated interrupt controllers and timers
 //!   (`devices::irqchip`): LAPIC page and MSRs, CR8, timers, interrupts.
 //! - `vcpu`, `vm`: the `Accelerator`/`Vm`/`Vcpu` implementation.
+//! - `profile`: guest-RIP sampling for bring-up (`RXVMM_TCG_PROFILE`).
 
 pub mod apic;
 pub mod context;
@@ -35,6 +36,7 @@ pub mod interp;
 pub mod interrupts;
 pub mod ir;
 pub mod mmu;
+mod profile;
 pub mod segmentation;
 pub mod signals;
 pub mod simd;

@@ -13,6 +13,7 @@ use super::context::{CpuBus, CpuContext};
 use super::exception::{vector, Exception};
 use super::interp::{self, TbExit};
 use super::mmu::{CodePages, CpuMemory};
+use super::profile::Profiler;
 use super::signals::VcpuSignals;
 use super::state::{hflags, rflags, seg, SegmentCache, X86State};
 use super::tb_cache::{JumpCache, TbCache};
@@ -59,6 +60,8 @@ pub struct TcgVcpu {
     timer_deadline: Option<Instant>,
     /// Blocks left before the next look at the clock.
     timer_countdown: u32,
+    /// Guest-RIP sampling (`RXVMM_TCG_PROFILE`), off normally.
+    profiler: Option<Box<Profiler>>,
 }
 
 /// What one step of the main loop asks the caller to do.
@@ -101,6 +104,7 @@ impl TcgVcpu {
             nmi_hint: false,
             timer_deadline: None,
             timer_countdown: 0,
+            profiler: Profiler::from_env(id),
         }
     }
 
@@ -180,8 +184,14 @@ impl TcgVcpu {
 
     /// Fires the timers that are due; their interrupts raise `irq_hint`.
     fn check_timers(&mut self) {
-        let Some(deadline) = self.timer_deadline else { return };
+        if self.timer_deadline.is_none() && self.profiler.is_none() {
+            return;
+        }
         let now = Instant::now();
+        if let Some(p) = self.profiler.as_mut() {
+            p.sample(now, self.state.rip, self.state.halted);
+        }
+        let Some(deadline) = self.timer_deadline else { return };
         if now < deadline {
             return;
         }

@@ -17,7 +17,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::queue::{parse_chain, Segments, VirtQueue};
 use super::{
-    device_type, features, read_config_bytes, Activation, ActivateError, GuestRam, LogLimit, VirtioDevice,
+    device_type, features, read_config_bytes, ActivateError, Activation, GuestRam, LogLimit, VirtioDevice,
     VirtioInterrupt,
 };
 
@@ -101,7 +101,7 @@ impl Block {
         lock_image(&file, readonly).map_err(|source| BlockError::Locked { path: path.into(), source })?;
         // Seeking works for block devices too, whose metadata length is 0.
         let size = file.seek(SeekFrom::End(0)).map_err(|source| BlockError::Size { path: path.into(), source })?;
-        if size % SECTOR_SIZE != 0 {
+        if !size.is_multiple_of(SECTOR_SIZE) {
             log::warn!("disk image {}: the last {} bytes are not a whole sector", path.display(), size % SECTOR_SIZE);
         }
         let capacity = size - size % SECTOR_SIZE;
@@ -183,7 +183,7 @@ impl Block {
     fn request(&mut self, ram: &GuestRam, readable: &Segments, writable: &Segments) -> Result<u64, Failure> {
         let (header, data_in) = readable.split_at(HEADER_LEN).ok_or_else(|| Failure::guest("header too short"))?;
         let mut raw = [0u8; HEADER_LEN as usize];
-        header.read_exact(ram, &mut raw).map_err(|e| Failure::guest(e))?;
+        header.read_exact(ram, &mut raw).map_err(Failure::guest)?;
         let kind = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
         let sector = u64::from_le_bytes([raw[8], raw[9], raw[10], raw[11], raw[12], raw[13], raw[14], raw[15]]);
         match kind {
@@ -210,7 +210,7 @@ impl Block {
                 if n == 0 {
                     return Err(Failure::guest("GET_ID without a buffer"));
                 }
-                writable.write_all(ram, &self.id[..n]).map_err(|e| Failure::guest(e))?;
+                writable.write_all(ram, &self.id[..n]).map_err(Failure::guest)?;
                 Ok(n as u64)
             }
             _ => Err(Failure { status: S_UNSUPP, written: 0, guest_error: None }),
@@ -219,7 +219,7 @@ impl Block {
 
     /// The byte offset of `sector`, checked that `len` bytes from it fit.
     fn check_range(&self, sector: u64, len: u64) -> Result<u64, Failure> {
-        if len % SECTOR_SIZE != 0 {
+        if !len.is_multiple_of(SECTOR_SIZE) {
             return Err(Failure::guest(format_args!("data length {len} is not whole sectors")));
         }
         sector

@@ -10,7 +10,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{features, status, Activation, ActivateError, GuestRam, LogLimit, VirtioDevice, VirtioInterrupt};
+use super::{features, status, ActivateError, Activation, GuestRam, LogLimit, VirtioDevice, VirtioInterrupt};
 use crate::{BusDevice, IrqLine};
 
 /// "virt" in little-endian.
@@ -88,11 +88,7 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl MmioTransport {
-    pub fn new(
-        device: Arc<Mutex<dyn VirtioDevice>>,
-        ram: GuestRam,
-        irq: Arc<dyn IrqLine>,
-    ) -> std::io::Result<Self> {
+    pub fn new(device: Arc<Mutex<dyn VirtioDevice>>, ram: GuestRam, irq: Arc<dyn IrqLine>) -> std::io::Result<Self> {
         let (device_type, device_features, queue_max) = {
             let d = lock(&device);
             (d.device_type(), d.features(), d.queue_max_sizes().to_vec())
@@ -347,7 +343,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         // Registers are 32-bit and aligned (virtio 1.2 §4.2.2.2).
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             self.guest_error(&format_args!("{}-byte register read at {offset:#x}", data.len()));
             data.fill(0);
             return;
@@ -364,7 +360,7 @@ impl BusDevice for MmioTransport {
             self.guest_error(&format_args!("{}-byte register write at {offset:#x}", data.len()));
             return;
         };
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             self.guest_error(&format_args!("unaligned register write at {offset:#x}"));
             return;
         }

@@ -17,7 +17,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::queue::{parse_chain, Chain, QueueError, VirtQueue};
 use super::{
-    device_type, features, read_config_bytes, Activation, ActivateError, GuestRam, LogLimit, VirtioDevice,
+    device_type, features, read_config_bytes, ActivateError, Activation, GuestRam, LogLimit, VirtioDevice,
     VirtioInterrupt,
 };
 
@@ -254,13 +254,8 @@ impl VirtioDevice for Net {
         let (Some(rx), Some(tx), None) = (queues.next(), queues.next(), queues.next()) else {
             return Err(ActivateError::QueueCount { expected: 2, got });
         };
-        self.active = Some(Active {
-            ram,
-            rx: VirtQueue::new(rx, RX),
-            tx: VirtQueue::new(tx, TX),
-            interrupt,
-            rx_chain: None,
-        });
+        self.active =
+            Some(Active { ram, rx: VirtQueue::new(rx, RX), tx: VirtQueue::new(tx, TX), interrupt, rx_chain: None });
         Ok(())
     }
 

@@ -262,7 +262,8 @@ impl VirtQueue {
             let len = 6 + 8 * u64::from(self.queue.size());
             ram.notify_written(GuestAddress(self.queue.used_ring()), len);
         }
-        if std::mem::take(&mut self.added) && self.queue.needs_notification(ram.memory()).map_err(|e| self.ring_err(e))?
+        if std::mem::take(&mut self.added)
+            && self.queue.needs_notification(ram.memory()).map_err(|e| self.ring_err(e))?
         {
             interrupt.signal_used_queue();
         }

@@ -7,7 +7,7 @@ use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemoryMmap;
 
 use super::queue::{parse_chain, VirtQueue};
-use super::{device_type, features, Activation, ActivateError, GuestRam, LogLimit, VirtioDevice, VirtioInterrupt};
+use super::{device_type, features, ActivateError, Activation, GuestRam, LogLimit, VirtioDevice, VirtioInterrupt};
 
 const QUEUE_SIZE: u16 = 256;
 /// At most this much entropy per request: a huge buffer shouldn't keep the

@@ -16,8 +16,8 @@ pub enum TapError {
     Name(String),
     #[error("cannot open {TUN_PATH}")]
     OpenTun(#[source] std::io::Error),
-    #[error("cannot attach to tap {name} (needs CAP_NET_ADMIN, or a tap created for this user)")]
-    Attach { name: String, source: std::io::Error },
+    #[error("cannot attach to tap {name}{hint}")]
+    Attach { name: String, hint: &'static str, source: std::io::Error },
     #[error("tap {name}: {what} failed")]
     Setup { name: String, what: &'static str, source: std::io::Error },
 }
@@ -52,7 +52,14 @@ pub fn open_tap(name: &str) -> Result<File, TapError> {
     // as the kernel's (name[16], then the flags union) and padded to its size.
     let ret = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut IfReq) };
     if ret < 0 {
-        return Err(TapError::Attach { name: name.into(), source: std::io::Error::last_os_error() });
+        let source = std::io::Error::last_os_error();
+        let hint = match source.raw_os_error() {
+            Some(libc::EPERM | libc::EACCES) => " (needs CAP_NET_ADMIN, or a tap created for this user)",
+            Some(libc::EINVAL) => " (an interface of that name exists and is not a tap)",
+            Some(libc::EBUSY) => " (already in use)",
+            _ => "",
+        };
+        return Err(TapError::Attach { name: name.into(), hint, source });
     }
     let setup = |what, source| TapError::Setup { name: name.into(), what, source };
 

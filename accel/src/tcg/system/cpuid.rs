@@ -36,6 +36,8 @@
 //! | 1 | ECX | 24 | TSC-deadline | IA32_TSC_DEADLINE on the VM clock's TSC |
 //! | 1 | ECX | 31 | hypervisor | leaf 0x4000_0000 = "RXVMMTCGRXVM" |
 //! | 6 | EAX | 2 | ARAT | the emulated APIC timer never stops |
+//! | 7.0 | EBX | 1 | TSC_ADJUST | MSR 0x3B; with invariant TSC it spares Linux's clocksource watchdog |
+//! | 7.0 | EDX | 26 | IBRS/IBPB | IA32_SPEC_CTRL, IA32_PRED_CMD (no-ops: nothing speculates) |
 //! | 7.0 | EDX | 29 | ARCH_CAPABILITIES | MSR 0x10A: not affected by Meltdown, MDS, TAA, SSB... |
 //! | 0x8000_0001 | EDX | 11 | SYSCALL | SYSCALL/SYSRET (64-bit mode) |
 //! | 0x8000_0001 | EDX | 20 | NX | EFER.NXE |
@@ -180,9 +182,11 @@ mod bits {
     // Leaf 6 EAX.
     pub const ARAT: u32 = 1 << 2;
     // Leaf 7.0 EBX / EDX.
+    pub const TSC_ADJUST: u32 = 1 << 1;
     pub const BMI1: u32 = 1 << 3;
     pub const BMI2: u32 = 1 << 8;
     pub const ERMS: u32 = 1 << 9;
+    pub const SPEC_CTRL: u32 = 1 << 26;
     pub const ARCH_CAPABILITIES: u32 = 1 << 29;
     // 0x8000_0001 ECX / EDX.
     pub const LAHF_LM: u32 = 1 << 0;
@@ -293,8 +297,9 @@ pub fn cpuid_with(f: &Features, state: &X86State, apic_id: u32, vcpus: u32, leaf
         2 => [1, 0, 0, 0],
         6 => [bits::ARAT, 0, 0, 0],
         7 if subleaf == 0 => {
-            let ebx = flag(f.bmi1, bits::BMI1) | flag(f.bmi2, bits::BMI2) | flag(f.erms, bits::ERMS);
-            [0, ebx, 0, bits::ARCH_CAPABILITIES]
+            let ebx =
+                bits::TSC_ADJUST | flag(f.bmi1, bits::BMI1) | flag(f.bmi2, bits::BMI2) | flag(f.erms, bits::ERMS);
+            [0, ebx, 0, bits::SPEC_CTRL | bits::ARCH_CAPABILITIES]
         }
         0xb => {
             let (shift, count, kind) = match subleaf {

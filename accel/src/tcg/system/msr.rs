@@ -64,9 +64,12 @@ pub mod misc_enable {
 
 /// IA32_ARCH_CAPABILITIES: the emulated CPU executes nothing speculatively,
 /// so it is not affected by Meltdown (RDCL_NO), SSB, MDS, the page-size
-/// machine check, TAA, MMIO stale data, BHI, PBRSB, GDS or RFDS. Spares the
-/// guest PTI and buffer clearing, both costly under emulation.
+/// machine check, TAA, MMIO stale data, BHI, PBRSB, GDS, RFDS or ITS, and
+/// its (absent) branch predictors are trivially "enhanced IBRS". Spares the
+/// guest PTI, buffer clearing, retpolines and return thunks, all costly
+/// under emulation (every thunk is an extra translated block per call).
 pub const ARCH_CAPABILITIES: u64 = 1 // RDCL_NO
+    | 1 << 1 // IBRS_ALL (enhanced IBRS: Linux uses it instead of retpolines)
     | 1 << 4 // SSB_NO
     | 1 << 5 // MDS_NO
     | 1 << 6 // IF_PSCHANGE_MC_NO
@@ -77,7 +80,8 @@ pub const ARCH_CAPABILITIES: u64 = 1 // RDCL_NO
     | 1 << 20 // BHI_NO
     | 1 << 24 // PBRSB_NO
     | 1 << 26 // GDS_NO
-    | 1 << 27; // RFDS_NO
+    | 1 << 27 // RFDS_NO
+    | 1 << 62; // ITS_NO
 
 /// IA32_MTRRCAP: 8 variable ranges, fixed ranges, write-combining.
 pub const MTRRCAP: u64 = 8 | 1 << 8 | 1 << 10;
@@ -192,7 +196,7 @@ pub fn wrmsr(state: &mut X86State, msr: u32, value: u64) -> Result<SystemEffect>
             state.msr.apic_base = (value & !APIC_BASE_BSP) | (state.msr.apic_base & APIC_BASE_BSP);
         }
         MSR_IA32_SPEC_CTRL => {
-            // IBRS, STIBP, SSBD; accepted (nothing to do) though not advertised.
+            // IBRS, STIBP, SSBD: accepted, nothing to do (nothing speculates).
             if value & !0x7 != 0 {
                 return gp;
             }

@@ -41,8 +41,8 @@ fn cpuid_leaf1_features_and_ids() {
     assert_eq!((ebx >> 8) & 0xff, 8, "CLFLUSH line: 64 bytes");
     // FPU DE PSE TSC MSR PAE CX8 APIC SEP MTRR PGE CMOV PAT PSE36 CLFSH MMX FXSR SSE SSE2 HTT
     assert_eq!(edx, 0x178b_bb7d);
-    // CX16, hypervisor; nothing from SSE3 up by default.
-    assert_eq!(ecx, 1 << 13 | 1 << 31);
+    // CX16, x2APIC, TSC-deadline, hypervisor; nothing from SSE3 up by default.
+    assert_eq!(ecx, 1 << 13 | 1 << 21 | 1 << 24 | 1 << 31);
     assert_eq!(cpuid(&s, 0, 1, 1, 0)[3] & 1 << 28, 0, "no HTT with one vCPU");
     let all = Features { sse3: true, popcnt: true, x2apic: true, ..FEATURES };
     let ecx = cpuid_with(&all, &s, 0, 1, 1, 0)[2];
@@ -61,7 +61,8 @@ fn cpuid_extended_features() {
     let mut xd = s.clone();
     xd.msr.misc_enable |= misc_enable::XD_DISABLE;
     assert_eq!(cpuid(&xd, 0, 1, 0x8000_0001, 0)[3] & 1 << 20, 0);
-    assert_eq!(cpuid(&s, 0, 1, 7, 0), [0, 0, 0, 1 << 29]);
+    // TSC_ADJUST; IBRS/IBPB, ARCH_CAPABILITIES
+    assert_eq!(cpuid(&s, 0, 1, 7, 0), [0, 1 << 1, 0, 1 << 26 | 1 << 29]);
     assert_eq!(cpuid(&s, 0, 1, 7, 1), [0; 4]);
 }
 
@@ -189,7 +190,7 @@ fn msr_access() {
     s.msr.apic_base = 0xfee0_0900;
     wrmsr(&mut s, MSR_IA32_APIC_BASE, 0xfee0_0000).unwrap();
     assert_eq!(s.msr.apic_base, 0xfee0_0100);
-    assert_eq!(wrmsr(&mut s, MSR_IA32_APIC_BASE, 0xfee0_0c00), Err(Exception::gp0()), "x2APIC not offered");
+    assert_eq!(wrmsr(&mut s, MSR_IA32_APIC_BASE, 0xfee0_0400), Err(Exception::gp0()), "x2APIC without EN");
     // CPL 3.
     let mut u = long_state(GDT, 3);
     assert_eq!(rdmsr(&u, MSR_EFER), Err(Exception::gp0()));

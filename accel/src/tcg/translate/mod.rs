@@ -121,18 +121,89 @@ fn fetch_window(
     w
 }
 
-/// Whether the next instruction overwrites all six arithmetic flags
-/// without reading any and without a chance to fault first, so the current
-/// one need not store its lazy flags.
-fn kills_flags(next: &Instruction) -> bool {
-    const ARITH: u32 =
-        RflagsBits::OF | RflagsBits::SF | RflagsBits::ZF | RflagsBits::AF | RflagsBits::CF | RflagsBits::PF;
-    let simple = matches!(
-        next.mnemonic(),
-        Mnemonic::Add | Mnemonic::Sub | Mnemonic::And | Mnemonic::Or | Mnemonic::Xor | Mnemonic::Cmp | Mnemonic::Test
-    );
-    let no_memory = (0..next.op_count()).all(|i| next.try_op_kind(i).is_ok_and(|k| k != OpKind::Memory));
-    simple && no_memory && next.rflags_modified() & ARITH == ARITH && next.rflags_read() & ARITH == 0
+const ARITH_FLAGS: u32 =
+    RflagsBits::OF | RflagsBits::SF | RflagsBits::ZF | RflagsBits::AF | RflagsBits::CF | RflagsBits::PF;
+
+/// Whether `insn` touches no memory and raises nothing: register-only
+/// forms of instructions that can't fault (LEA computes an address only).
+fn cannot_fault(insn: &Instruction) -> bool {
+    use Mnemonic as M;
+    let no_memory =
+        insn.mnemonic() == M::Lea || (0..insn.op_count()).all(|i| insn.try_op_kind(i).is_ok_and(|k| k != OpKind::Memory));
+    no_memory
+        && insn.flow_control() == FlowControl::Next
+        && matches!(
+            insn.mnemonic(),
+            M::Add
+                | M::Adc
+                | M::Sub
+                | M::Sbb
+                | M::And
+                | M::Or
+                | M::Xor
+                | M::Cmp
+                | M::Test
+                | M::Inc
+                | M::Dec
+                | M::Neg
+                | M::Not
+                | M::Mov
+                | M::Movzx
+                | M::Movsx
+                | M::Movsxd
+                | M::Lea
+                | M::Xchg
+                | M::Imul
+                | M::Bswap
+                | M::Shl
+                | M::Sal
+                | M::Shr
+                | M::Sar
+                | M::Rol
+                | M::Ror
+                | M::Cbw
+                | M::Cwde
+                | M::Cdqe
+                | M::Cwd
+                | M::Cdq
+                | M::Cqo
+                | M::Nop
+        )
+}
+
+/// Whether `insn` replaces all six arithmetic flags whatever its operands
+/// (not shifts and rotates, whose count may be 0; not INC/DEC: CF stays).
+fn writes_all_flags(insn: &Instruction) -> bool {
+    use Mnemonic as M;
+    matches!(
+        insn.mnemonic(),
+        M::Add | M::Adc | M::Sub | M::Sbb | M::And | M::Or | M::Xor | M::Cmp | M::Test | M::Neg | M::Imul
+    ) && insn.rflags_modified() & ARITH_FLAGS == ARITH_FLAGS
+}
+
+/// Whether the flags `insns[i]` computes are dead: a later instruction of
+/// the block overwrites all of them before any reads them, and nothing in
+/// between (that one included) can fault, so no exception handler or block
+/// exit can observe them. `insns[i]` itself must not store (a store may end
+/// the block early: the self-modifying-code check); if it faults, its
+/// flags are not committed anyway.
+fn flags_dead_after(insns: &[Instruction], i: usize) -> bool {
+    let Some(this) = insns.get(i) else { return false };
+    let dest_in_memory = this.try_op_kind(0).is_ok_and(|k| k == OpKind::Memory);
+    let stores = (dest_in_memory && !matches!(this.mnemonic(), Mnemonic::Cmp | Mnemonic::Test))
+        || this.stack_pointer_increment() != 0;
+    if stores || this.flow_control() != FlowControl::Next {
+        return false;
+    }
+    for next in &insns[i + 1..] {
+        if next.rflags_read() & ARITH_FLAGS != 0 || !cannot_fault(next) {
+            return false;
+        }
+        if writes_all_flags(next) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Whether lowering must stop the block after `insn` even if it falls through.
@@ -213,7 +284,7 @@ pub fn translate_block(
         }
         b.begin_insn(insn.ip(), next);
         guest_len += insn.len() as u64;
-        b.flags_dead = insns.get(i + 1).is_some_and(kills_flags);
+        b.flags_dead = flags_dead_after(&insns, i);
         let lowered = if cmpxchg_wide::claims(insn) {
             cmpxchg_wide::lower(&mut b, insn)
         } else if insn.has_lock_prefix() {
@@ -249,6 +320,16 @@ pub fn translate_block(
         }
     }
     let (ops, num_temps, label_pos) = b.finish();
+    if dump_requested(rip) {
+        let mut text = format!("TCG: block at {rip:#x} ({} instructions, {} ops):\n", insns.len(), ops.len());
+        for insn in &insns {
+            text.push_str(&format!("  {:#x} {insn}\n", insn.ip()));
+        }
+        for op in &ops {
+            text.push_str(&format!("    {op:?}\n"));
+        }
+        log::info!("{text}");
+    }
     Ok(TranslationBlock::new(
         rip,
         cs_base,
@@ -260,6 +341,18 @@ pub fn translate_block(
         num_temps,
         label_pos,
     ))
+}
+
+/// Whether `RXVMM_TCG_DUMP_IR` (comma-separated hex RIPs, bring-up aid)
+/// asks for the IR of the block at `rip` to be logged.
+fn dump_requested(rip: u64) -> bool {
+    static RIPS: OnceLock<Vec<u64>> = OnceLock::new();
+    let rips = RIPS.get_or_init(|| {
+        std::env::var("RXVMM_TCG_DUMP_IR")
+            .map(|v| v.split(',').filter_map(|r| u64::from_str_radix(r.trim().trim_start_matches("0x"), 16).ok()).collect())
+            .unwrap_or_default()
+    });
+    !rips.is_empty() && rips.contains(&rip)
 }
 
 /// Lowers one instruction (no LOCK prefix) by family.

@@ -419,10 +419,23 @@ fn lapic_msr<'a>(ctx: &CpuContext<'a>, msr: u32) -> Result<Option<&'a CpuApic>, 
     }
 }
 
+/// IA32_TSC_ADJUST: how far this vCPU's TSC was moved from the VM's clock
+/// (by IA32_TSC or IA32_TSC_ADJUST writes), i.e. its `tsc_offset` relative
+/// to the power-up one. Advertised so that Linux trusts the TSC without
+/// its clocksource watchdog, which an emulator's late timer ticks upset.
+const MSR_IA32_TSC_ADJUST: u32 = 0x3b;
+
+fn tsc_base(ctx: &CpuContext<'_>) -> i64 {
+    ctx.apic.map_or(0, CpuApic::clock_tsc_offset)
+}
+
 fn helper_rdmsr(ctx: &mut CpuContext<'_>, _: &[u64]) -> Result<u64, Exception> {
     let msr = ctx.state.gpr[reg::RCX] as u32;
     let v = match lapic_msr(ctx, msr)? {
         Some(apic) => apic.rdmsr(msr, ctx.state.msr.tsc_offset)?,
+        None if msr == MSR_IA32_TSC_ADJUST && ctx.state.cpl() == 0 => {
+            ctx.state.msr.tsc_offset.wrapping_sub(tsc_base(ctx)) as u64
+        }
         None => system::rdmsr(ctx.state, msr)?,
     };
     ctx.state.gpr[reg::RAX] = v & 0xffff_ffff;
@@ -436,6 +449,14 @@ fn helper_wrmsr(ctx: &mut CpuContext<'_>, _: &[u64]) -> Result<u64, Exception> {
     if let Some(apic) = lapic_msr(ctx, msr)? {
         apic.wrmsr(msr, v, ctx.state.msr.tsc_offset)?;
         ctx.state.msr.apic_base = apic.apic_base();
+        return Ok(0);
+    }
+    if msr == MSR_IA32_TSC_ADJUST && ctx.state.cpl() == 0 {
+        ctx.state.msr.tsc_offset = tsc_base(ctx).wrapping_add(v as i64);
+        if let Some(apic) = ctx.apic {
+            // TSC-deadline values are on the vCPU's TSC: re-arm on the new one.
+            apic.timers_changed();
+        }
         return Ok(0);
     }
     let effect = system::wrmsr(ctx.state, msr, v)?;

@@ -73,6 +73,7 @@ fn features_and_config() {
     let mut blk_size = [0u8; 4];
     dev.read_config(20, &mut blk_size);
     assert_eq!(u32::from_le_bytes(blk_size), 512);
+    drop(dev);
     let ro = Block::open(img.path(), true).unwrap();
     assert_ne!(ro.features() & F_RO, 0);
 }
@@ -189,7 +190,10 @@ fn malformed_chains_get_an_error_status() {
     assert_eq!(r.run(&[Buf(0x18_0000, 16, false), Buf(STATUS, 1, true)]), (1, S_IOERR));
     // Readable after writable.
     r.header(HDR, T_OUT, 0);
-    assert_eq!(r.run(&[Buf(HDR, 16, false), Buf(DATA, 512, true), Buf(DATA, 512, false), Buf(STATUS, 1, true)]), (1, S_IOERR));
+    assert_eq!(
+        r.run(&[Buf(HDR, 16, false), Buf(DATA, 512, true), Buf(DATA, 512, false), Buf(STATUS, 1, true)]),
+        (1, S_IOERR)
+    );
     assert!(!r.env.interrupt.needs_reset());
     assert_eq!(img.read(), before);
     r.env.assert_writes_in_ram();
@@ -228,6 +232,7 @@ fn descriptor_loops_and_bad_heads_do_not_hang() {
     r.dq.publish(0);
     r.dev.process_queue(0);
     assert!(r.env.interrupt.needs_reset());
+    drop(r);
 
     let mut r = rig(&img, false);
     // A head index past the table.
@@ -244,7 +249,8 @@ fn indirect_tables_work() {
     r.header(HDR, T_IN, 2);
     // A three-entry indirect table at 0x40000.
     let table = 0x40000u64;
-    let entries: [(u64, u32, u16, u16); 3] = [(HDR, 16, F_NEXT, 1), (DATA, 512, F_NEXT | F_WRITE, 2), (STATUS, 1, F_WRITE, 0)];
+    let entries: [(u64, u32, u16, u16); 3] =
+        [(HDR, 16, F_NEXT, 1), (DATA, 512, F_NEXT | F_WRITE, 2), (STATUS, 1, F_WRITE, 0)];
     for (i, (addr, len, flags, next)) in entries.iter().enumerate() {
         let mut raw = [0u8; 16];
         raw[0..8].copy_from_slice(&addr.to_le_bytes());

@@ -5,17 +5,18 @@ use super::*;
 use crate::virtio::mmio::{reg, MmioTransport, MAGIC};
 use crate::virtio::rng::Rng;
 use crate::virtio::subscriber::VirtioSubscriber;
-use crate::virtio::{
-    device_type, features, status, ActivateError, VirtioDevice, INT_CONFIG_CHANGE, INT_USED_RING,
-};
+use crate::virtio::{device_type, features, status, ActivateError, VirtioDevice, INT_CONFIG_CHANGE, INT_USED_RING};
 use crate::BusDevice;
 
 const OFFERED: u64 = features::VERSION_1 | features::RING_EVENT_IDX | (1 << 5);
 
+/// A queue as activated: size, desc, avail, used, event_idx.
+type QueueSeen = (u16, u64, u64, u64, bool);
+
 /// Records what the transport asks of it.
 #[derive(Default)]
 struct Mock {
-    activations: Vec<(Vec<(u16, u64, u64, u64, bool)>, u64)>,
+    activations: Vec<(Vec<QueueSeen>, u64)>,
     resets: u32,
     interrupt: Option<Arc<VirtioInterrupt>>,
 }
@@ -123,6 +124,7 @@ fn linux_handshake_activates_the_device() {
     assert_eq!(*feats, OFFERED);
     assert_eq!(queues[0], (64, 0x10000, 0x11000, 0x12000, true));
     assert_eq!(queues[1], (32, 0x20000, 0x21000, 0x22000, true));
+    drop(mock);
     assert_eq!(rd(&r.t, reg::STATUS) & status::DRIVER_OK, status::DRIVER_OK);
     // The device's config space starts at 0x100, any width.
     let mut b = [0u8; 2];

@@ -70,12 +70,7 @@ pub struct Env {
 impl Env {
     pub fn new() -> Self {
         let irq = Arc::new(CountingIrq::default());
-        Self {
-            mem: test_memory(),
-            hook: Arc::default(),
-            interrupt: Arc::new(VirtioInterrupt::new(irq.clone())),
-            irq,
-        }
+        Self { mem: test_memory(), hook: Arc::default(), interrupt: Arc::new(VirtioInterrupt::new(irq.clone())), irq }
     }
 
     pub fn ram(&self) -> GuestRam {

@@ -17,7 +17,12 @@ pub fn frame_pipe() -> (File, File) {
     let mut fds = [0; 2];
     // SAFETY: socketpair writes two fds into the two-element array.
     let ret = unsafe {
-        libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
     };
     assert_eq!(ret, 0, "socketpair: {}", std::io::Error::last_os_error());
     // SAFETY: both fds were just created and are owned by nothing else.
