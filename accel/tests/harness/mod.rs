@@ -3,7 +3,8 @@
 //! Each guest starts in long mode (flat GDT, 4 GiB identity map with 2 MiB
 //! pages, no IDT: any exception triple-faults) and signals "done" by writing
 //! to `DONE_PORT`, on which the recording `VmOps` kicks the vCPU out of
-//! `run`. Nothing here is KVM-specific: another engine's tests can use it.
+//! `run`. The guests are engine-neutral; `kvm_or_skip` opens KVM for the
+//! tests that need it.
 #![allow(dead_code)] // each test crate uses a different subset
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -215,4 +216,28 @@ pub fn run(vcpu: &mut dyn Vcpu) -> VcpuExit {
 pub fn run_to_done(g: &mut Guest) {
     let exit = run(g.vcpu.as_mut());
     assert_eq!(exit, VcpuExit::Kicked, "\n{}", g.vcpu.dump_state());
+}
+
+/// Opens KVM, or says why the test is skipped (`None`).
+pub fn kvm_or_skip() -> Option<accel::kvm::Kvm> {
+    match accel::kvm::Kvm::new() {
+        Ok(kvm) => Some(kvm),
+        Err(accel::kvm::KvmError::Open(e)) => {
+            println!("SKIP: /dev/kvm not available ({e})");
+            None
+        }
+        Err(e) => panic!("/dev/kvm opens but is unusable: {e}"),
+    }
+}
+
+/// The 32-bit words the guest wrote to the serial port with `out dx, eax`.
+pub fn serial_words(g: &Guest) -> Vec<u32> {
+    g.ops.pio_writes(SERIAL).iter().map(|d| u32::from_le_bytes(d[..4].try_into().unwrap())).collect()
+}
+
+/// `out dx, eax` of RAX's low then high half (clobbers RAX).
+pub fn out64(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    a.out(dx, eax)?;
+    a.shr(rax, 32)?;
+    a.out(dx, eax)
 }
