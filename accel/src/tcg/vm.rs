@@ -132,6 +132,11 @@ impl crate::Vm for TcgVm {
         })
     }
 
+    /// Device DMA into guest RAM: translated code on those pages is stale.
+    fn notify_guest_write(&self, gpa: u64, len: u64) {
+        self.code_pages.notify_write(gpa, len);
+    }
+
     fn register_ioevent(&self, event: &EventFd, addr: IoEventAddress, datamatch: Option<u32>) -> crate::Result<()> {
         let event = event.try_clone().map_err(TcgError::EventFd)?;
         self.ioevents.write().unwrap_or_else(PoisonError::into_inner).push(IoEvent { event, addr, datamatch });
@@ -169,5 +174,23 @@ impl crate::Vm for TcgVm {
             self.code_pages.clone(),
             self.tb_cache.clone(),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::GuestAddress;
+
+    use super::*;
+    use crate::Vm as _;
+
+    #[test]
+    fn device_dma_invalidates_translated_code() {
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let vm = TcgVm::new(&memory, &VmConfig { vcpus: 1 }).unwrap();
+        vm.code_pages.mark(0x20);
+        vm.notify_guest_write(0x1f_ff8, 16); // straddles pages 0x1f and 0x20
+        assert_eq!(vm.code_pages.take_invalidated(), vec![0x20]);
+        assert!(!vm.code_pages.is_code(0x20));
     }
 }
