@@ -297,8 +297,7 @@ pub fn cpuid_with(f: &Features, state: &X86State, apic_id: u32, vcpus: u32, leaf
         2 => [1, 0, 0, 0],
         6 => [bits::ARAT, 0, 0, 0],
         7 if subleaf == 0 => {
-            let ebx =
-                bits::TSC_ADJUST | flag(f.bmi1, bits::BMI1) | flag(f.bmi2, bits::BMI2) | flag(f.erms, bits::ERMS);
+            let ebx = bits::TSC_ADJUST | flag(f.bmi1, bits::BMI1) | flag(f.bmi2, bits::BMI2) | flag(f.erms, bits::ERMS);
             [0, ebx, 0, bits::SPEC_CTRL | bits::ARCH_CAPABILITIES]
         }
         0xb => {

@@ -128,8 +128,8 @@ const ARITH_FLAGS: u32 =
 /// forms of instructions that can't fault (LEA computes an address only).
 fn cannot_fault(insn: &Instruction) -> bool {
     use Mnemonic as M;
-    let no_memory =
-        insn.mnemonic() == M::Lea || (0..insn.op_count()).all(|i| insn.try_op_kind(i).is_ok_and(|k| k != OpKind::Memory));
+    let no_memory = insn.mnemonic() == M::Lea
+        || (0..insn.op_count()).all(|i| insn.try_op_kind(i).is_ok_and(|k| k != OpKind::Memory));
     no_memory
         && insn.flow_control() == FlowControl::Next
         && matches!(
@@ -349,7 +349,9 @@ fn dump_requested(rip: u64) -> bool {
     static RIPS: OnceLock<Vec<u64>> = OnceLock::new();
     let rips = RIPS.get_or_init(|| {
         std::env::var("RXVMM_TCG_DUMP_IR")
-            .map(|v| v.split(',').filter_map(|r| u64::from_str_radix(r.trim().trim_start_matches("0x"), 16).ok()).collect())
+            .map(|v| {
+                v.split(',').filter_map(|r| u64::from_str_radix(r.trim().trim_start_matches("0x"), 16).ok()).collect()
+            })
             .unwrap_or_default()
     });
     !rips.is_empty() && rips.contains(&rip)
