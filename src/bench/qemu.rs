@@ -53,13 +53,21 @@ pub fn find(choice: &QemuChoice) -> Result<PathBuf, String> {
 /// [`poweroff_code`]; should it not exit, the run is killed after the last
 /// marker.
 pub fn spec(qemu: &Path, kernel: &Path, mem_mib: u32, markers: Vec<String>, timeout: Duration) -> ChildSpec {
-    let mem = mem_mib.to_string();
     let exit_dev = format!("isa-debug-exit,iobase={:#x},iosize=1", pio::ACPI_POWER);
+    let mut args = common_args("kvm", "microvm", mem_mib);
+    args.extend(["-device".into(), exit_dev.into(), "-kernel".into(), kernel.into()]);
+    ChildSpec { program: qemu.to_owned(), args, markers, timeout, exit_grace: EXIT_GRACE }
+}
+
+/// The arguments every QEMU run shares: one vCPU, serial console on stdio and
+/// nothing else (`-nodefaults`: no VGA, NIC, floppy or CD-ROM), no reboot.
+fn common_args(accel: &str, machine: &str, mem_mib: impl std::fmt::Display) -> Vec<OsString> {
+    let mem = mem_mib.to_string();
     let args = [
         "-accel",
-        "kvm",
+        accel,
         "-M",
-        "microvm",
+        machine,
         "-m",
         &mem,
         "-smp",
@@ -71,13 +79,8 @@ pub fn spec(qemu: &Path, kernel: &Path, mem_mib: u32, markers: Vec<String>, time
         "-serial",
         "stdio",
         "-no-reboot",
-        "-device",
-        &exit_dev,
-        "-kernel",
     ];
-    let mut args: Vec<OsString> = args.iter().map(OsString::from).collect();
-    args.push(kernel.into());
-    ChildSpec { program: qemu.to_owned(), args, markers, timeout, exit_grace: EXIT_GRACE }
+    args.iter().map(OsString::from).collect()
 }
 
 /// QEMU's exit code for the guests' power-off write through isa-debug-exit.
@@ -90,25 +93,7 @@ pub fn poweroff_code() -> i32 {
 /// CD-ROM; firmware output stays off the serial line). The guest powers off
 /// through the machine's ACPI, so QEMU exits by itself with code 0.
 pub fn linux_spec(qemu: &Path, accel: &str, boot: &LinuxBoot, markers: Vec<String>, timeout: Duration) -> ChildSpec {
-    let mem = boot.mem_mib.to_string();
-    let args = [
-        "-accel",
-        accel,
-        "-M",
-        LINUX_MACHINE,
-        "-m",
-        &mem,
-        "-smp",
-        "1",
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-    ];
-    let mut args: Vec<OsString> = args.iter().map(OsString::from).collect();
+    let mut args = common_args(accel, LINUX_MACHINE, boot.mem_mib);
     args.extend(["-kernel".into(), boot.kernel.clone().into(), "-initrd".into(), boot.initrd.clone().into()]);
     args.extend(["-append".into(), boot.cmdline.clone().into()]);
     ChildSpec { program: qemu.to_owned(), args, markers, timeout, exit_grace: timeout }
