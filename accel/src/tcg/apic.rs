@@ -161,3 +161,77 @@ impl CpuApic {
         self.bus().take_nmi(self.cpu)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tcg::state::X86State;
+
+    fn apics(n: u8) -> (Arc<IrqChip>, Vec<CpuApic>) {
+        let chip = Arc::new(IrqChip::new(n).unwrap());
+        let apics = (0..n).map(|id| CpuApic::new(chip.clone(), id, Arc::new(VcpuSignals::new(id != 0)))).collect();
+        (chip, apics)
+    }
+
+    fn read_reg(apic: &CpuApic, reg: u64) -> u32 {
+        let off = apic.lapic_offset(0xfee0_0000 + reg, 4).expect("xAPIC page mapped");
+        let mut b = [0u8; 4];
+        apic.mmio_read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    #[test]
+    fn each_vcpu_sees_its_own_lapic_at_the_same_address() {
+        let (_, apics) = apics(2);
+        assert_eq!(read_reg(&apics[0], 0x20), 0, "APIC ID 0");
+        assert_eq!(read_reg(&apics[1], 0x20), 1 << 24, "APIC ID 1");
+        assert_eq!(apics[0].apic_base(), 0xfee0_0900, "BSP, enabled");
+        assert_eq!(apics[1].apic_base(), 0xfee0_0800);
+        assert_eq!(apics[0].lapic_offset(0xfedf_fffc, 4), None);
+        assert_eq!(apics[0].lapic_offset(0xfee0_0ffe, 4), None, "runs off the page");
+    }
+
+    #[test]
+    fn rdtsc_counts_the_vm_clock() {
+        let (chip, apics) = apics(1);
+        let mut state = X86State::reset();
+        state.msr.tsc_offset = apics[0].clock_tsc_offset();
+        let guest = system::rdtsc(&state);
+        let clock = chip.clock.tsc();
+        // Read one after the other: the guest TSC can't be ahead, nor behind
+        // by more than a (generous, for loaded hosts) scheduling delay.
+        assert!(guest <= clock && clock - guest < 1000 * TSC_MS, "guest {guest} clock {clock}");
+    }
+
+    /// TSC ticks in a millisecond.
+    const TSC_MS: u64 = devices::irqchip::TSC_HZ / 1000;
+
+    #[test]
+    fn tsc_deadline_follows_the_vcpus_own_tsc() {
+        let (chip, apics) = apics(1);
+        let apic = &apics[0];
+        // LVT timer: TSC-deadline mode, unmasked, vector 0xec; software enable.
+        let lvt = 2 << 17 | 0xec;
+        apic.mmio_write(0xf0, &0x1ffu32.to_le_bytes());
+        apic.mmio_write(0x320, &(lvt as u32).to_le_bytes());
+        // The guest moved its TSC 1 s ahead of the clock.
+        let offset = apic.clock_tsc_offset() + devices::irqchip::TSC_HZ as i64;
+        let deadline = chip.clock.tsc() + devices::irqchip::TSC_HZ + 5 * TSC_MS;
+        apic.wrmsr(MSR_IA32_TSC_DEADLINE, deadline, offset).unwrap();
+        assert_eq!(apic.rdmsr(MSR_IA32_TSC_DEADLINE, offset), Ok(deadline));
+        // On the clock that is 5 ms from now, not 1 s + 5 ms.
+        let due = apic.next_deadline().expect("armed");
+        assert!(due < std::time::Instant::now() + std::time::Duration::from_millis(100));
+    }
+
+    #[test]
+    fn x2apic_mode_moves_the_registers_to_msrs() {
+        let (_, apics) = apics(2);
+        let apic = &apics[1];
+        assert_eq!(apic.rdmsr(0x802, 0), Err(Exception::gp0()), "xAPIC mode: no x2APIC MSRs");
+        apic.wrmsr(MSR_IA32_APIC_BASE, 0xfee0_0c00, 0).unwrap();
+        assert_eq!(apic.lapic_offset(0xfee0_0020, 4), None, "no MMIO page in x2APIC mode");
+        assert_eq!(apic.rdmsr(0x802, 0), Ok(1), "x2APIC ID");
+        assert_eq!(apic.wrmsr(MSR_IA32_APIC_BASE, 0xfee0_0800, 0), Err(Exception::gp0()), "x2APIC → xAPIC");
+    }
+}

@@ -56,9 +56,6 @@ pub trait CpuBus: LinearMemory {
 /// Things a helper asks the vCPU loop to do once the block has returned.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct LoopRequests {
-    /// Linear→physical mappings changed: the per-vCPU jump cache (keyed by
-    /// linear PC) must be dropped too.
-    pub tlb_flushed: bool,
     /// The guest asked for a CPU reset.
     pub reset: bool,
 }

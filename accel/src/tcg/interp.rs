@@ -13,7 +13,6 @@ use super::exception::Exception;
 use super::flags::CcOp;
 use super::ir::{BinOp, ExtKind, MemFlags, MemSize, Op, UnOp};
 use super::mmu::walker::is_canonical;
-use super::mmu::{Access, Privilege};
 use super::state::{Msrs, TableReg, X86State};
 
 /// Why a block stopped.
@@ -98,7 +97,7 @@ pub fn validate(ops: &[Op], num_temps: usize, label_pos: &[usize]) -> Result<(),
 const CC_OP_OFFSET: u32 = offset_of!(X86State, cc_op) as u32;
 
 #[inline(always)]
-fn ld_env(state: &X86State, offset: u32, size: MemSize) -> u64 {
+pub(super) fn ld_env(state: &X86State, offset: u32, size: MemSize) -> u64 {
     let p = (state as *const X86State as *const u8).wrapping_add(offset as usize);
     // SAFETY: `validate` (run when the block was built) checked that
     // `offset..offset+size` lies inside plain-integer fields of X86State
@@ -115,11 +114,18 @@ fn ld_env(state: &X86State, offset: u32, size: MemSize) -> u64 {
 }
 
 #[inline(always)]
-fn st_env(state: &mut X86State, offset: u32, size: MemSize, value: u64) {
+pub(super) fn st_env(state: &mut X86State, offset: u32, size: MemSize, value: u64) {
     let value = if offset == CC_OP_OFFSET { CcOp::from_u64(value).unwrap_or(CcOp::Eflags) as u64 } else { value };
+    st_env_raw(state, offset, size, value);
+}
+
+/// [`st_env`] for a store known not to be to `cc_op`, or of a valid `CcOp`.
+#[inline(always)]
+pub(super) fn st_env_raw(state: &mut X86State, offset: u32, size: MemSize, value: u64) {
     let p = (state as *mut X86State as *mut u8).wrapping_add(offset as usize);
     // SAFETY: as in `ld_env`: the range is inside plain-integer fields,
-    // where any bit pattern is valid; `cc_op` was sanitised above.
+    // where any bit pattern is valid; a `cc_op` value is a valid CcOp (the
+    // callers sanitise it).
     unsafe {
         match size {
             MemSize::B1 => p.write(value as u8),
@@ -130,7 +136,7 @@ fn st_env(state: &mut X86State, offset: u32, size: MemSize, value: u64) {
     }
 }
 
-fn bin(op: BinOp, a: u64, b: u64) -> u64 {
+pub(super) fn bin(op: BinOp, a: u64, b: u64) -> u64 {
     match op {
         BinOp::Add => a.wrapping_add(b),
         BinOp::Sub => a.wrapping_sub(b),
@@ -154,7 +160,7 @@ fn bin(op: BinOp, a: u64, b: u64) -> u64 {
     }
 }
 
-fn un(op: UnOp, a: u64) -> u64 {
+pub(super) fn un(op: UnOp, a: u64) -> u64 {
     match op {
         UnOp::Not => !a,
         UnOp::Neg => a.wrapping_neg(),
@@ -167,7 +173,7 @@ fn un(op: UnOp, a: u64) -> u64 {
     }
 }
 
-fn ext(kind: ExtKind, a: u64) -> u64 {
+pub(super) fn ext(kind: ExtKind, a: u64) -> u64 {
     match kind {
         ExtKind::Zext8 => a & 0xff,
         ExtKind::Zext16 => a & 0xffff,
@@ -180,7 +186,7 @@ fn ext(kind: ExtKind, a: u64) -> u64 {
 
 /// The MMU reports a non-canonical address as #GP(0); for a stack
 /// reference (`size` bytes at `addr`) the CPU raises #SS(0) instead.
-fn stack_fault(e: Exception, flags: MemFlags, addr: u64, size: usize) -> Exception {
+pub(super) fn stack_fault(e: Exception, flags: MemFlags, addr: u64, size: usize) -> Exception {
     let last = addr.wrapping_add(size.max(1) as u64 - 1);
     let non_canonical = !is_canonical(addr) || !is_canonical(last);
     if flags.contains(MemFlags::STACK) && e == Exception::gp0() && non_canonical {
@@ -191,119 +197,16 @@ fn stack_fault(e: Exception, flags: MemFlags, addr: u64, size: usize) -> Excepti
 }
 
 /// Runs `ops` (validated by [`validate`] against `temps.len()` and
-/// `label_pos`) until the block exits.
+/// `label_pos`) until the block exits, through the interpreter's compiled
+/// form ([`super::bytecode`]); translation blocks keep theirs compiled.
 pub fn execute(ctx: &mut CpuContext<'_>, ops: &[Op], label_pos: &[usize], temps: &mut [u64]) -> TbExit {
-    let mut insn_pc = ctx.state.rip;
-    let mut insn_len = 0u8;
-    let mut i = 0usize;
-    // Self-modifying code: a store (or helper) that hit a page holding
-    // translated code bumps the generation; this block may be stale from
-    // the next instruction on, so it stops there.
-    let code_generation = ctx.code_pages.generation();
-    let mut wrote = false;
-    // Temps and labels were validated by `validate`: indexing is in bounds.
-    macro_rules! t {
-        ($t:expr) => {
-            temps[$t.0 as usize]
-        };
+    let code = super::bytecode::compile(ops, temps.len(), label_pos);
+    if code.num_temps() <= temps.len() {
+        return super::bytecode::run(ctx, &code, temps);
     }
-    let fault = |exception: Exception, pc: u64, len: u8| TbExit::Exception {
-        exception,
-        pc,
-        next_pc: pc.wrapping_add(u64::from(len)),
-    };
-    while let Some(op) = ops.get(i) {
-        i += 1;
-        match *op {
-            Op::InsnStart { pc, len } => {
-                if wrote {
-                    wrote = false;
-                    if ctx.code_pages.generation() != code_generation {
-                        ctx.state.rip = pc;
-                        return TbExit::Lookup;
-                    }
-                }
-                insn_pc = pc;
-                insn_len = len;
-            }
-            Op::Movi { dst, imm } => t!(dst) = imm,
-            Op::Mov { dst, src } => t!(dst) = t!(src),
-            Op::Bin { op, dst, a, b } => t!(dst) = bin(op, t!(a), t!(b)),
-            Op::Un { op, dst, a } => t!(dst) = un(op, t!(a)),
-            Op::Ext { kind, dst, a } => t!(dst) = ext(kind, t!(a)),
-            Op::SetCond { cond, dst, a, b } => t!(dst) = u64::from(cond.eval(t!(a), t!(b))),
-            Op::Select { cond, dst, a, b, t, f } => t!(dst) = if cond.eval(t!(a), t!(b)) { t!(t) } else { t!(f) },
-            Op::LdEnv { dst, offset, size } => t!(dst) = ld_env(ctx.state, offset, size),
-            Op::StEnv { src, offset, size } => st_env(ctx.state, offset, size, t!(src)),
-            Op::Load { dst, addr, size, sign, flags } => {
-                let access = if flags.contains(MemFlags::RMW) { Access::Write } else { Access::Read };
-                match ctx.mem.read(ctx.state, t!(addr), size.bytes(), access, Privilege::Current) {
-                    Ok(v) => {
-                        t!(dst) = if sign {
-                            let shift = 64 - 8 * size.bytes() as u32;
-                            (((v << shift) as i64) >> shift) as u64
-                        } else {
-                            v
-                        }
-                    }
-                    Err(e) => {
-                        ctx.state.rip = insn_pc;
-                        return fault(stack_fault(e, flags, t!(addr), size.bytes()), insn_pc, insn_len);
-                    }
-                }
-            }
-            Op::Store { src, addr, size, flags } => {
-                wrote = true;
-                if let Err(e) = ctx.mem.write(ctx.state, t!(addr), size.bytes(), t!(src), Privilege::Current) {
-                    ctx.state.rip = insn_pc;
-                    return fault(stack_fault(e, flags, t!(addr), size.bytes()), insn_pc, insn_len);
-                }
-            }
-            Op::Call { helper, ref args, nargs, ret } => {
-                wrote = true;
-                let n = usize::from(nargs);
-                let mut values = [0u64; super::ir::MAX_HELPER_ARGS];
-                for (v, a) in values.iter_mut().zip(&args[..n]) {
-                    *v = t!(a);
-                }
-                match (helper.func)(ctx, &values[..n]) {
-                    Ok(v) => {
-                        if let Some(r) = ret {
-                            t!(r) = v;
-                        }
-                    }
-                    Err(e) => {
-                        ctx.state.rip = insn_pc;
-                        return fault(e, insn_pc, insn_len);
-                    }
-                }
-            }
-            Op::Br { label } => i = label_pos[label.0 as usize],
-            Op::BrCond { cond, a, b, label } => {
-                if cond.eval(t!(a), t!(b)) {
-                    i = label_pos[label.0 as usize];
-                }
-            }
-            Op::SetLabel { .. } => {}
-            Op::ExitTb { kind } => {
-                return match kind {
-                    super::ir::ExitKind::Lookup => TbExit::Lookup,
-                    super::ir::ExitKind::Halt => TbExit::Halt,
-                    super::ir::ExitKind::Raise(e) => {
-                        ctx.state.rip = insn_pc;
-                        fault(e, insn_pc, insn_len)
-                    }
-                };
-            }
-            Op::GotoTb { slot, pc } => {
-                ctx.state.rip = pc;
-                return TbExit::Goto { slot, pc };
-            }
-        }
-    }
-    // A block always ends in an exit; running off the end means the
-    // translator forgot one. Continue at the stored RIP.
-    TbExit::Lookup
+    // The compiled form gives each guest instruction slots of its own.
+    let mut slots = vec![0; code.num_temps()];
+    super::bytecode::run(ctx, &code, &mut slots)
 }
 
 #[cfg(test)]
@@ -312,7 +215,7 @@ mod tests {
     use crate::tcg::context::{CpuBus, CpuContext};
     use crate::tcg::exception::Result as ExcResult;
     use crate::tcg::ir::{BinOp, Cond, ExitKind, Label, MemSize, Temp};
-    use crate::tcg::mmu::{CodePages, LinearMemory};
+    use crate::tcg::mmu::{Access, CodePages, LinearMemory, Privilege};
     use crate::VmOps;
 
     /// 64 KiB of flat memory; addresses beyond it raise #PF.

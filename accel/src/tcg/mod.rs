@@ -12,7 +12,8 @@
 //! - [`fpu`]: x87/MMX/MXCSR semantics: register stack, control and status
 //!   words, 80-bit soft-float, the FXSAVE image.
 //! - `ir`: the typed IR a translation block is lowered to; the one place
-//!   instruction semantics live. Interpreted by `interp`, compiled by the JIT later.
+//!   instruction semantics live. Interpreted by `interp` (through its own
+//!   compact form, `bytecode`), compiled by the JIT later.
 //! - `translate/`: the frontend: iced-x86 decode → IR, one family per file.
 //! - `interrupts`: exception and interrupt delivery (IVT, IDT, privilege
 //!   changes, TSS stacks, IST, 64-bit frames, IRET), double and triple fault.
@@ -28,6 +29,7 @@
 //! - `profile`: guest-RIP sampling for bring-up (`RXVMM_TCG_PROFILE`).
 
 pub mod apic;
+pub mod bytecode;
 pub mod context;
 pub mod exception;
 pub mod flags;

@@ -87,9 +87,10 @@ impl VcpuSignals {
         self.take(bit::TIMERS)
     }
 
-    /// Called on the vCPU's own thread (never sleeping then): no lock.
+    /// A timer this vCPU polls was reprogrammed (by it, or by another vCPU
+    /// for the PIT): it re-reads its next deadline, waking if parked.
     pub(crate) fn timers_changed(&self) {
-        self.pending.fetch_or(bit::TIMERS, Ordering::Relaxed);
+        self.signal(bit::TIMERS);
     }
 
     pub(crate) fn take_init(&self) -> bool {

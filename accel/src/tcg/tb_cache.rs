@@ -14,9 +14,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use super::interp;
 use super::ir::Op;
 use super::mmu::CodePages;
+use super::{bytecode, interp};
 
 /// Guest code translated to IR.
 #[derive(Debug)]
@@ -34,6 +34,8 @@ pub struct TranslationBlock {
     ops: Vec<Op>,
     num_temps: usize,
     label_pos: Vec<usize>,
+    /// The same ops in the interpreter's compiled form.
+    code: bytecode::Code,
 }
 
 impl TranslationBlock {
@@ -59,7 +61,17 @@ impl TranslationBlock {
                 (vec![Op::InsnStart { pc, len: 1 }, Op::ExitTb { kind: raise }], 0, Vec::new())
             }
         };
-        TranslationBlock { pc, cs_base, hflags, phys_pc, pages, guest_len, ops, num_temps, label_pos }
+        let code = bytecode::compile(&ops, num_temps, &label_pos);
+        // The builder reserves room for long blocks; tens of thousands of
+        // blocks live at once, so keep only what is used.
+        let mut ops = ops;
+        ops.shrink_to_fit();
+        TranslationBlock { pc, cs_base, hflags, phys_pc, pages, guest_len, ops, num_temps, label_pos, code }
+    }
+
+    /// The block as the interpreter runs it.
+    pub fn code(&self) -> &bytecode::Code {
+        &self.code
     }
 
     pub fn ops(&self) -> &[Op] {
@@ -198,32 +210,54 @@ impl TbCache {
     }
 }
 
-const JUMP_CACHE_SIZE: usize = 4096;
-
-/// A key no block has: `hflags` keys are masked by `TB_KEY_MASK`.
-const NO_HFLAGS: u64 = u64::MAX;
+const JUMP_CACHE_SIZE: usize = 16384;
 
 /// One jump-cache entry. The key is stored inline so a lookup reads one
-/// cache line and never the block itself.
+/// cache line and never the block itself. `tag` is the block's hflags key
+/// with the cache's flush epoch above bit 32 (hflags keys fit in 32 bits):
+/// a flush moves the epoch instead of touching 4096 entries.
 #[derive(Clone)]
 struct Slot {
     pc: u64,
     cs_base: u64,
-    hflags: u64,
+    tag: u64,
+    /// The TLB epoch at which `pc` last translated to the block's page.
+    tlb_epoch: u64,
     tb: Option<Arc<TranslationBlock>>,
 }
 
-const EMPTY_SLOT: Slot = Slot { pc: 0, cs_base: 0, hflags: NO_HFLAGS, tb: None };
+/// A tag no lookup has (epoch 0 is never current).
+const EMPTY_SLOT: Slot = Slot { pc: 0, cs_base: 0, tag: 0, tlb_epoch: 0, tb: None };
 
-/// Per-vCPU direct-mapped cache: linear PC → block.
+const _: () = assert!(super::state::hflags::TB_KEY_MASK >> 32 == 0);
+
+/// What [`JumpCache::find`] found.
+pub enum Found {
+    /// The block in this slot runs as is.
+    Hit(usize),
+    /// The block in this slot is right for the PC and mode, but the TLB
+    /// changed since its code was last translated: check that the code
+    /// still maps to the same physical page(s), then [`JumpCache::confirm`].
+    Recheck(usize),
+    Miss,
+}
+
+/// Per-vCPU direct-mapped cache: linear PC → block (QEMU's tb_jmp_cache).
+///
+/// Unlike QEMU's, it is not flushed when the TLB is (every CR3 write, and
+/// Linux switches CR3 for each text patch): an entry remembers the TLB
+/// epoch at which its PC last translated to the block's physical page, and
+/// after any TLB change it is re-checked once against the TLB, which is
+/// much cheaper than finding every block again in the VM-wide cache.
 pub struct JumpCache {
     slots: Vec<Slot>,
     generation: u64,
+    epoch: u64,
 }
 
 impl Default for JumpCache {
     fn default() -> Self {
-        JumpCache { slots: vec![EMPTY_SLOT; JUMP_CACHE_SIZE], generation: 0 }
+        JumpCache { slots: vec![EMPTY_SLOT; JUMP_CACHE_SIZE], generation: 0, epoch: 1 }
     }
 }
 
@@ -233,24 +267,37 @@ impl JumpCache {
         ((linear_pc ^ (linear_pc >> 12)) as usize) & (JUMP_CACHE_SIZE - 1)
     }
 
-    /// The slot holding the block for `pc` if cached and still valid for
-    /// this mode (see [`Self::block`]).
     #[inline]
-    pub fn find(&mut self, cache_generation: u64, pc: u64, cs_base: u64, hflags: u64) -> Option<usize> {
+    fn tag(&self, hflags: u64) -> u64 {
+        hflags | self.epoch << 32
+    }
+
+    /// Looks up the block for `pc` in this mode. `cache_generation` is the
+    /// VM-wide cache's (blocks dropped for self-modifying code), `tlb_epoch`
+    /// the vCPU's TLB's.
+    #[inline]
+    pub fn find(&mut self, cache_generation: u64, pc: u64, cs_base: u64, hflags: u64, tlb_epoch: u64) -> Found {
         if cache_generation != self.generation {
             self.flush();
             self.generation = cache_generation;
-            return None;
+            return Found::Miss;
         }
         let i = Self::slot(cs_base.wrapping_add(pc));
         let s = &self.slots[i];
-        (s.pc == pc && s.cs_base == cs_base && s.hflags == hflags && s.tb.is_some()).then_some(i)
+        if s.pc != pc || s.cs_base != cs_base || s.tag != self.tag(hflags) || s.tb.is_none() {
+            Found::Miss
+        } else if s.tlb_epoch == tlb_epoch {
+            Found::Hit(i)
+        } else {
+            Found::Recheck(i)
+        }
     }
 
-    /// The block for `pc` if cached and still valid for this mode.
-    pub fn get(&mut self, cache_generation: u64, pc: u64, cs_base: u64, hflags: u64) -> Option<&Arc<TranslationBlock>> {
-        let i = self.find(cache_generation, pc, cs_base, hflags)?;
-        self.slots[i].tb.as_ref()
+    /// The block in slot `i` passed its recheck at `tlb_epoch`.
+    pub fn confirm(&mut self, i: usize, tlb_epoch: u64) {
+        if let Some(s) = self.slots.get_mut(i) {
+            s.tlb_epoch = tlb_epoch;
+        }
     }
 
     /// The block in slot `i` (from [`Self::find`] or [`Self::put`]): a
@@ -261,17 +308,21 @@ impl JumpCache {
         self.slots.get(i)?.tb.as_deref()
     }
 
-    /// Caches `tb`; returns its slot.
-    pub fn put(&mut self, tb: Arc<TranslationBlock>) -> usize {
+    /// Caches `tb`, whose code the TLB maps at `tlb_epoch`; returns its slot.
+    pub fn put(&mut self, tb: Arc<TranslationBlock>, tlb_epoch: u64) -> usize {
         let i = Self::slot(tb.cs_base.wrapping_add(tb.pc));
-        self.slots[i] = Slot { pc: tb.pc, cs_base: tb.cs_base, hflags: tb.hflags, tb: Some(tb) };
+        self.slots[i] = Slot { pc: tb.pc, cs_base: tb.cs_base, tag: self.tag(tb.hflags), tlb_epoch, tb: Some(tb) };
         i
     }
 
-    /// Forgets every mapping. The blocks stay referenced until their slots
-    /// are reused: a flush (every CR3 write) then costs no atomic reference
-    /// count updates on blocks other vCPUs share.
+    /// Forgets every mapping. O(1): the epoch moves. The blocks stay
+    /// referenced until their slots are reused, which also spares a flush
+    /// the atomic reference-count updates on blocks other vCPUs share.
     pub fn flush(&mut self) {
-        self.slots.iter_mut().for_each(|s| s.hflags = NO_HFLAGS);
+        self.epoch += 1;
+        if self.epoch >> 32 != 0 {
+            self.slots.iter_mut().for_each(|s| s.tag = 0);
+            self.epoch = 1;
+        }
     }
 }

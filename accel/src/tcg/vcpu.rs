@@ -3,20 +3,20 @@
 //! exception delivery.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use devices::irqchip::PIT_POLL_CPU;
 use vm_memory::GuestMemoryMmap;
 
 use super::apic::CpuApic;
+use super::bytecode;
 use super::context::{CpuBus, CpuContext};
 use super::exception::{vector, Exception};
-use super::interp::{self, TbExit};
+use super::interp::TbExit;
 use super::mmu::{CodePages, CpuMemory};
 use super::profile::Profiler;
 use super::signals::VcpuSignals;
 use super::state::{hflags, rflags, seg, SegmentCache, X86State};
-use super::tb_cache::{JumpCache, TbCache};
+use super::tb_cache::{Found, JumpCache, TbCache};
 use super::vm::IoDispatch;
 use super::{interrupts, translate, vcpu_state};
 use crate::{CpuState, VcpuExit, VcpuKicker};
@@ -25,9 +25,6 @@ use crate::{CpuState, VcpuExit, VcpuKicker};
 /// costs about as much as a short block, and a timer fires at most this
 /// many blocks late (microseconds).
 const TIMER_CHECK_BLOCKS: u32 = 32;
-/// The BSP re-reads the PIT's deadline at least this often: another vCPU
-/// may have reprogrammed it.
-const PIT_RECHECK: Duration = Duration::from_millis(10);
 
 /// Whether the vCPU executes or waits for a startup IPI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,20 +163,10 @@ impl TcgVcpu {
             self.nmi_hint = self.apic.nmi_pending();
         }
         if self.signals.take_timers() {
-            self.timer_deadline = self.next_deadline(Instant::now());
+            self.timer_deadline = self.apic.next_deadline();
             self.timer_countdown = 0;
         }
         None
-    }
-
-    /// The next time the timers need a poll.
-    fn next_deadline(&self, now: Instant) -> Option<Instant> {
-        let d = self.apic.next_deadline();
-        if self.id == PIT_POLL_CPU {
-            let cap = now + PIT_RECHECK;
-            return Some(d.map_or(cap, |d| d.min(cap)));
-        }
-        d
     }
 
     /// Fires the timers that are due; their interrupts raise `irq_hint`.
@@ -196,7 +183,7 @@ impl TcgVcpu {
             return;
         }
         self.apic.poll_timers(now);
-        self.timer_deadline = self.next_deadline(now);
+        self.timer_deadline = self.apic.next_deadline();
         self.irq_hint = true;
     }
 
@@ -258,19 +245,56 @@ impl TcgVcpu {
         let cs_base = if code64 { 0 } else { self.state.segs[seg::CS].base };
         let pc = self.state.rip;
         let key_flags = self.state.hflags & hflags::TB_KEY_MASK;
-        match self.jump_cache.find(self.tb_cache.generation(), pc, cs_base, key_flags) {
-            Some(i) => Ok(i),
-            None => self.block_slow(pc, cs_base, key_flags),
+        let tlb_epoch = self.mem.tlb().epoch();
+        match self.jump_cache.find(self.tb_cache.generation(), pc, cs_base, key_flags, tlb_epoch) {
+            Found::Hit(i) => Ok(i),
+            Found::Recheck(i) => self.recheck(i, pc, cs_base, key_flags),
+            Found::Miss => self.block_slow(pc, cs_base, key_flags),
         }
+    }
+
+    /// The linear address of CS-relative `pc`.
+    fn code_linear(&self, pc: u64, cs_base: u64) -> u64 {
+        let linear = cs_base.wrapping_add(pc);
+        if self.state.hflags & hflags::CS64 == 0 {
+            linear & 0xffff_ffff
+        } else {
+            linear
+        }
+    }
+
+    /// The TLB changed since the block in slot `i` was last run: it stands
+    /// if its code still translates (with execute permission) to the same
+    /// physical pages.
+    #[cold]
+    fn recheck(&mut self, i: usize, pc: u64, cs_base: u64, key_flags: u64) -> Result<usize, Exception> {
+        let linear = self.code_linear(pc, cs_base);
+        let phys = self.mem.translate_code(&mut self.state, linear)?;
+        let (phys_pc, second) = match self.jump_cache.block(i) {
+            Some(tb) => (tb.phys_pc, tb.pages.get(1).copied()),
+            None => return self.block_slow(pc, cs_base, key_flags),
+        };
+        let mut same = phys == phys_pc;
+        if let (true, Some(page2)) = (same, second) {
+            let mut next = (linear & !0xfff).wrapping_add(0x1000);
+            if self.state.hflags & hflags::CS64 == 0 {
+                next &= 0xffff_ffff;
+            }
+            // A fault there is the retranslated block's to raise, at the
+            // instruction that reaches the page.
+            same = self.mem.translate_code(&mut self.state, next).ok().map(|p| p & !0xfff) == Some(page2);
+        }
+        if !same {
+            return self.block_slow(pc, cs_base, key_flags);
+        }
+        self.jump_cache.confirm(i, self.mem.tlb().epoch());
+        Ok(i)
     }
 
     /// The jump cache missed: the VM-wide cache, else the translator.
     #[cold]
     fn block_slow(&mut self, pc: u64, cs_base: u64, key_flags: u64) -> Result<usize, Exception> {
-        let mut linear = cs_base.wrapping_add(pc);
-        if self.state.hflags & hflags::CS64 == 0 {
-            linear &= 0xffff_ffff;
-        }
+        let linear = self.code_linear(pc, cs_base);
         let phys = self.mem.translate_code(&mut self.state, linear)?;
         let tb = match self.tb_cache.lookup(phys, pc, cs_base, key_flags) {
             Some(tb) => tb,
@@ -279,7 +303,8 @@ impl TcgVcpu {
                 self.tb_cache.insert(tb)
             }
         };
-        Ok(self.jump_cache.put(tb))
+        // Translating may have walked (filled) but never flushed the TLB.
+        Ok(self.jump_cache.put(tb, self.mem.tlb().epoch()))
     }
 
     /// Runs one block (or delivers the fault that prevents it).
@@ -294,8 +319,9 @@ impl TcgVcpu {
         // Borrowed from the jump cache, which nothing below changes while
         // the block runs (flushes are requested and done afterwards).
         let Some(tb) = self.jump_cache.block(slot) else { return Step::Continue };
-        if self.temps.len() < tb.num_temps() {
-            self.temps.resize(tb.num_temps(), 0);
+        let code = tb.code();
+        if self.temps.len() < code.num_temps() {
+            self.temps.resize(code.num_temps(), 0);
         }
         let mut ctx = CpuContext {
             state: &mut self.state,
@@ -307,11 +333,8 @@ impl TcgVcpu {
             vcpus: self.vcpus,
             apic: Some(&self.apic),
         };
-        let exit = interp::execute(&mut ctx, tb.ops(), tb.label_pos(), &mut self.temps);
+        let exit = bytecode::run(&mut ctx, code, &mut self.temps);
         let requests = ctx.requests;
-        if requests.tlb_flushed {
-            self.jump_cache.flush();
-        }
         if requests.reset {
             return Step::Exit(VcpuExit::Reset);
         }
@@ -381,7 +404,7 @@ impl crate::Vcpu for TcgVcpu {
 
     fn run(&mut self) -> crate::Result<VcpuExit> {
         if self.timer_deadline.is_none() {
-            self.timer_deadline = self.next_deadline(Instant::now());
+            self.timer_deadline = self.apic.next_deadline();
         }
         Ok(self.run_loop())
     }

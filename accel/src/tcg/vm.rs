@@ -2,11 +2,11 @@
 //! cache shared by the vCPUs, ioeventfds, and the emulated interrupt
 //! controllers and timers (`devices::irqchip`) the vCPUs drive.
 
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use devices::irqchip::pic::PIC_PORT_LEN;
 use devices::irqchip::pit::{PIT_BASE_PORT, PIT_PORT_LEN, PORT_B};
-use devices::irqchip::{IrqChip, IrqChipError, IOAPIC_MMIO_SIZE};
+use devices::irqchip::{IrqChip, IrqChipError, IOAPIC_MMIO_SIZE, PIT_POLL_CPU};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -37,6 +37,8 @@ pub struct IoDispatch {
     ops: Arc<dyn VmOps>,
     events: Arc<RwLock<Vec<IoEvent>>>,
     apic: Arc<CpuApic>,
+    /// The vCPU that polls the PIT, told when any vCPU reprograms it.
+    pit_poller: Arc<OnceLock<Arc<VcpuSignals>>>,
 }
 
 impl IoDispatch {
@@ -68,8 +70,10 @@ impl VmOps for IoDispatch {
             self.ops.pio_write(port, data);
         }
         if (PIT_BASE_PORT..PIT_BASE_PORT + PIT_PORT_LEN).contains(&u64::from(port)) {
-            // The PIT's deadline may have moved (the BSP polls it).
-            self.apic.timers_changed();
+            // The PIT's deadline may have moved.
+            if let Some(poller) = self.pit_poller.get() {
+                poller.timers_changed();
+            }
         }
     }
     fn mmio_read(&self, addr: u64, data: &mut [u8]) {
@@ -95,6 +99,7 @@ pub struct TcgVm {
     vcpus: u8,
     ioevents: Arc<RwLock<Vec<IoEvent>>>,
     irqchip: Arc<IrqChip>,
+    pit_poller: Arc<OnceLock<Arc<VcpuSignals>>>,
 }
 
 impl TcgVm {
@@ -111,6 +116,7 @@ impl TcgVm {
             vcpus: config.vcpus,
             ioevents: Arc::default(),
             irqchip: Arc::new(irqchip),
+            pit_poller: Arc::default(),
         })
     }
 
@@ -162,8 +168,17 @@ impl crate::Vm for TcgVm {
         if !self.irqchip.apic_bus.set_wakeup(id, signals.clone()) {
             return Err(TcgError::VcpuExists(id).into());
         }
+        if id == PIT_POLL_CPU {
+            // Set once: `set_wakeup` above refused a second vCPU `id`.
+            let _ = self.pit_poller.set(signals.clone());
+        }
         let apic = Arc::new(CpuApic::new(self.irqchip.clone(), id, signals.clone()));
-        let io = Arc::new(IoDispatch { ops, events: self.ioevents.clone(), apic: apic.clone() });
+        let io = Arc::new(IoDispatch {
+            ops,
+            events: self.ioevents.clone(),
+            apic: apic.clone(),
+            pit_poller: self.pit_poller.clone(),
+        });
         Ok(Box::new(TcgVcpu::new(
             id,
             self.vcpus,

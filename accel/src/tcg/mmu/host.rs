@@ -172,13 +172,15 @@ fn cmpxchg16b(ptr: *mut u8, old: u128, new: u128) -> Option<Result<(), u128>> {
     // SAFETY: `ptr` is 16-byte aligned with 16 mapped bytes (callers'
     // contract, alignment checked above) and the CPU has CMPXCHG16B. RBX
     // can't be named as an operand (LLVM reserves it), so it is swapped
-    // in and out around the instruction.
+    // in and out around the instruction. The pointer is pinned to RSI: as
+    // a plain `reg` operand the allocator may pick RBX for it, which the
+    // swap would overwrite before the CMPXCHG16B uses it.
     unsafe {
         std::arch::asm!(
             "xchg {rbx_tmp}, rbx",
-            "lock cmpxchg16b xmmword ptr [{ptr}]",
+            "lock cmpxchg16b xmmword ptr [rsi]",
             "mov rbx, {rbx_tmp}",
-            ptr = in(reg) ptr,
+            in("rsi") ptr,
             rbx_tmp = inout(reg) new as u64 => _,
             in("rcx") (new >> 64) as u64,
             inout("rax") old as u64 => prev_lo,

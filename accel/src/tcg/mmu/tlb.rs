@@ -47,6 +47,9 @@ pub struct SoftTlb {
     /// when there is none.
     large_addr: u64,
     large_mask: u64,
+    /// Bumped by every flush: translations cached elsewhere (the vCPU's
+    /// jump cache, linear PC → block) are re-checked when it moved.
+    epoch: u64,
 }
 
 impl Default for SoftTlb {
@@ -68,7 +71,7 @@ fn slot(vpn: u64) -> usize {
 
 impl SoftTlb {
     pub fn new() -> Self {
-        SoftTlb { entries: Box::new([TlbEntry::EMPTY; TLB_ENTRIES]), large_addr: INVALID, large_mask: 0 }
+        SoftTlb { entries: Box::new([TlbEntry::EMPTY; TLB_ENTRIES]), large_addr: INVALID, large_mask: 0, epoch: 0 }
     }
 
     #[inline]
@@ -112,13 +115,21 @@ impl SoftTlb {
     /// Drops every entry, global ones included (CR4.PGE toggles, CR0/CR4/EFER
     /// paging changes, or a CR3 write without PGE).
     pub fn flush_all(&mut self) {
+        self.epoch += 1;
         self.entries.fill(TlbEntry::EMPTY);
         self.large_addr = INVALID;
         self.large_mask = 0;
     }
 
+    /// Changes with every flush (see the field).
+    #[inline]
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// Drops every non-global entry (a CR3 write with CR4.PGE).
     pub fn flush_nonglobal(&mut self) {
+        self.epoch += 1;
         for e in self.entries.iter_mut().filter(|e| !e.rights.has(Rights::GLOBAL)) {
             *e = TlbEntry::EMPTY;
         }
@@ -128,6 +139,7 @@ impl SoftTlb {
     /// Drops the translation of the page holding `linear`, global or not
     /// (INVLPG), and every entry if that page may belong to a large page.
     pub fn flush_page(&mut self, linear: u64) {
+        self.epoch += 1;
         if self.large_addr != INVALID && linear & self.large_mask == self.large_addr {
             self.flush_all();
             return;

@@ -38,6 +38,7 @@
 //! | 6 | EAX | 2 | ARAT | the emulated APIC timer never stops |
 //! | 7.0 | EBX | 1 | TSC_ADJUST | MSR 0x3B; with invariant TSC it spares Linux's clocksource watchdog |
 //! | 7.0 | EDX | 26 | IBRS/IBPB | IA32_SPEC_CTRL, IA32_PRED_CMD (no-ops: nothing speculates) |
+//! | 7.2 | EDX | 4 | BHI_CTRL | SPEC_CTRL.BHI_DIS_S: Linux then skips its BHB-clearing loop on syscalls |
 //! | 7.0 | EDX | 29 | ARCH_CAPABILITIES | MSR 0x10A: not affected by Meltdown, MDS, TAA, SSB... |
 //! | 0x8000_0001 | EDX | 11 | SYSCALL | SYSCALL/SYSRET (64-bit mode) |
 //! | 0x8000_0001 | EDX | 20 | NX | EFER.NXE |
@@ -187,6 +188,8 @@ mod bits {
     pub const BMI2: u32 = 1 << 8;
     pub const ERMS: u32 = 1 << 9;
     pub const SPEC_CTRL: u32 = 1 << 26;
+    // Leaf 7.2 EDX.
+    pub const BHI_CTRL: u32 = 1 << 4;
     pub const ARCH_CAPABILITIES: u32 = 1 << 29;
     // 0x8000_0001 ECX / EDX.
     pub const LAHF_LM: u32 = 1 << 0;
@@ -298,8 +301,10 @@ pub fn cpuid_with(f: &Features, state: &X86State, apic_id: u32, vcpus: u32, leaf
         6 => [bits::ARAT, 0, 0, 0],
         7 if subleaf == 0 => {
             let ebx = bits::TSC_ADJUST | flag(f.bmi1, bits::BMI1) | flag(f.bmi2, bits::BMI2) | flag(f.erms, bits::ERMS);
-            [0, ebx, 0, bits::SPEC_CTRL | bits::ARCH_CAPABILITIES]
+            // EAX: the highest subleaf (2, for BHI_CTRL).
+            [2, ebx, 0, bits::SPEC_CTRL | bits::ARCH_CAPABILITIES]
         }
+        7 if subleaf == 2 => [0, 0, 0, bits::BHI_CTRL],
         0xb => {
             let (shift, count, kind) = match subleaf {
                 0 => (0, 1, 1),

@@ -196,8 +196,9 @@ pub fn wrmsr(state: &mut X86State, msr: u32, value: u64) -> Result<SystemEffect>
             state.msr.apic_base = (value & !APIC_BASE_BSP) | (state.msr.apic_base & APIC_BASE_BSP);
         }
         MSR_IA32_SPEC_CTRL => {
-            // IBRS, STIBP, SSBD: accepted, nothing to do (nothing speculates).
-            if value & !0x7 != 0 {
+            // IBRS, STIBP, SSBD, BHI_DIS_S: accepted, nothing to do (nothing
+            // speculates).
+            if value & !(0x7 | 1 << 10) != 0 {
                 return gp;
             }
             state.msr.spec_ctrl = value;

@@ -62,8 +62,9 @@ fn cpuid_extended_features() {
     xd.msr.misc_enable |= misc_enable::XD_DISABLE;
     assert_eq!(cpuid(&xd, 0, 1, 0x8000_0001, 0)[3] & 1 << 20, 0);
     // TSC_ADJUST; IBRS/IBPB, ARCH_CAPABILITIES
-    assert_eq!(cpuid(&s, 0, 1, 7, 0), [0, 1 << 1, 0, 1 << 26 | 1 << 29]);
+    assert_eq!(cpuid(&s, 0, 1, 7, 0), [2, 1 << 1, 0, 1 << 26 | 1 << 29]);
     assert_eq!(cpuid(&s, 0, 1, 7, 1), [0; 4]);
+    assert_eq!(cpuid(&s, 0, 1, 7, 2), [0, 0, 0, 1 << 4], "BHI_CTRL");
 }
 
 #[test]

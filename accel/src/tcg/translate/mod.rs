@@ -321,13 +321,21 @@ pub fn translate_block(
     }
     let (ops, num_temps, label_pos) = b.finish();
     if dump_requested(rip) {
-        let mut text = format!("TCG: block at {rip:#x} ({} instructions, {} ops):\n", insns.len(), ops.len());
+        let compiled = super::bytecode::compile(&ops, num_temps, &label_pos);
+        let mut text = format!(
+            "TCG: block at {rip:#x} ({} instructions, {} ops, {} compiled):\n",
+            insns.len(),
+            ops.len(),
+            compiled.len()
+        );
         for insn in &insns {
             text.push_str(&format!("  {:#x} {insn}\n", insn.ip()));
         }
         for op in &ops {
             text.push_str(&format!("    {op:?}\n"));
         }
+        text.push_str("  compiled:\n");
+        text.push_str(&compiled.dump());
         log::info!("{text}");
     }
     Ok(TranslationBlock::new(

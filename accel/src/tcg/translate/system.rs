@@ -42,7 +42,6 @@ fn seg_index(r: Register) -> usize {
 fn apply(ctx: &mut CpuContext<'_>, effect: system::SystemEffect) {
     if effect.flush_tlb() {
         ctx.mem.flush_tlb(effect.flush_global());
-        ctx.requests.tlb_flushed = true;
     }
 }
 
@@ -492,7 +491,6 @@ fn helper_swapgs(ctx: &mut CpuContext<'_>, _: &[u64]) -> Result<u64, Exception> 
 
 fn helper_invlpg(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exception> {
     ctx.mem.flush_tlb_page(arg(args, 0));
-    ctx.requests.tlb_flushed = true;
     Ok(0)
 }
 
