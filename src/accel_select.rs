@@ -1,6 +1,7 @@
 //! `--accel`: which engine runs the guest, and why.
 
 use accel::kvm::{self, KvmHost};
+use accel::tcg::JitPolicy;
 use accel::Accelerator;
 
 use crate::cli::AccelChoice;
@@ -53,6 +54,23 @@ pub fn select(choice: AccelChoice) -> Result<Box<dyn Accelerator>, SelectError> 
     }
 }
 
+/// TCG with the JIT policy `RXVMM_TCG_JIT` asks for: `off` (interpret
+/// everything) or a hotness threshold (runs before a block is compiled);
+/// the engine's default otherwise.
 fn tcg() -> Box<dyn Accelerator> {
-    Box::new(accel::tcg::Tcg)
+    Box::new(accel::tcg::Tcg { jit: jit_policy(std::env::var("RXVMM_TCG_JIT").ok().as_deref()) })
+}
+
+fn jit_policy(setting: Option<&str>) -> JitPolicy {
+    match setting {
+        Some("off") | Some("0") => JitPolicy::Off,
+        Some(n) => match n.parse() {
+            Ok(threshold) => JitPolicy::Hot(threshold),
+            Err(_) => {
+                log::warn!("RXVMM_TCG_JIT={n:?} is neither `off` nor a number; using the default");
+                JitPolicy::default()
+            }
+        },
+        None => JitPolicy::default(),
+    }
 }

@@ -297,7 +297,7 @@ fn assert_outcome(o: &Outcome) {
 
 #[test]
 fn bring_up_tcg() {
-    match bring_up(&accel::tcg::Tcg) {
+    match bring_up(&accel::tcg::Tcg::default()) {
         Ok(o) => assert_outcome(&o),
         Err(e) => panic!("{e}"),
     }

@@ -60,7 +60,7 @@ macro_rules! engine_tests {
 }
 
 engine_tests!(kvm, kvm_or_skip());
-engine_tests!(tcg, Some(accel::tcg::Tcg));
+engine_tests!(tcg, Some(accel::tcg::Tcg::default()));
 
 fn out_reaches_pio_write_with_port_size_and_data(accel: &dyn Accelerator) {
     let code = assemble(|a| {

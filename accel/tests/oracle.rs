@@ -15,6 +15,7 @@ use accel::oracle::{
     self, compare, generate, localise, open_kvm, run_native, run_native_batch, vector, Fault, OracleError, Outcome,
     TestCase, VmRunner, CODE, DATA, GUARD_HIGH, PAGE, STACK_START,
 };
+use accel::tcg::{JitPolicy, Tcg};
 use iced_x86::code_asm::*;
 use iced_x86::{BlockEncoder, BlockEncoderOptions, Code, InstructionBlock, Mnemonic, Register};
 
@@ -349,14 +350,21 @@ fn tcg_matches_the_cpu_on_fixed_divergence_classes() {
         }),
     ];
     let native = run_native_batch(&cases).expect("native oracle");
-    let mut tcg = VmRunner::new(&accel::tcg::Tcg).expect("scaffold guest under TCG");
-    for (c, n) in cases.iter().zip(&native) {
-        let t = tcg.run(c).expect("TCG");
-        if let Err(d) = compare(c, n, &t) {
-            panic!("TCG differs from the CPU:\n{d}");
+    for engine in [INTERPRETER, JIT] {
+        let mut tcg = VmRunner::new(&engine).expect("scaffold guest under TCG");
+        for (c, n) in cases.iter().zip(&native) {
+            let t = tcg.run(c).expect("TCG");
+            if let Err(d) = compare(c, n, &t) {
+                panic!("TCG ({:?}) differs from the CPU:\n{d}", engine.jit);
+            }
         }
     }
 }
+
+/// TCG interpreting every block.
+const INTERPRETER: Tcg = Tcg { jit: JitPolicy::Off };
+/// TCG compiling every block before its first run.
+const JIT: Tcg = Tcg { jit: JitPolicy::Hot(1) };
 
 /// Seeds of the TCG runs start here (apart from the oracles' own run).
 const TCG_SEED_BASE: u64 = 0x7c90_0000;
@@ -375,13 +383,14 @@ type Excuse = dyn Fn(&TestCase, &Outcome, &Outcome) -> Option<&'static str>;
 /// divergence localised to its first diverging instruction. Prints the
 /// counts by culprit and returns the failures.
 fn tcg_against(
+    engine: &Tcg,
     name: &str,
     reference: &mut oracle::Runner<'_>,
     excuse: &Excuse,
     first_seed: u64,
     count: u64,
 ) -> Vec<Failure> {
-    let new_runner = || VmRunner::new(&accel::tcg::Tcg).expect("scaffold guest under TCG");
+    let new_runner = || VmRunner::new(engine).expect("scaffold guest under TCG");
     let mut tcg = new_runner();
     let mut failures = Vec::new();
     let mut excused = std::collections::BTreeMap::<&str, u64>::new();
@@ -465,7 +474,16 @@ fn tcg_first_seed() -> u64 {
 #[test]
 fn tcg_matches_the_native_oracle() {
     let count = std::env::var("RXVMM_DIFF_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
-    let failures = tcg_against("native", &mut run_native_batch, &|_, _, _| None, tcg_first_seed(), count);
+    let failures = tcg_against(&INTERPRETER, "native", &mut run_native_batch, &|_, _, _| None, tcg_first_seed(), count);
+    assert_none(&failures);
+}
+
+/// The same with every block compiled by the JIT, on other seeds.
+#[test]
+fn tcg_jit_matches_the_native_oracle() {
+    let count = std::env::var("RXVMM_DIFF_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+    let first = tcg_first_seed() + (2 << 20);
+    let failures = tcg_against(&JIT, "native", &mut run_native_batch, &|_, _, _| None, first, count);
     assert_none(&failures);
 }
 
@@ -476,6 +494,6 @@ fn tcg_matches_the_kvm_cpl3_oracle() {
     let Some(mut kvm) = kvm_or_skip() else { return };
     let count = std::env::var("RXVMM_DIFF_ITERS").ok().and_then(|v| v.parse::<u64>().ok()).map_or(500, |n| n / 4);
     let mut run = |c: &[TestCase]| run_kvm_batch(&mut kvm, c);
-    let failures = tcg_against("KVM-CPL3", &mut run, &known_pvm_quirk, tcg_first_seed() + (1 << 20), count);
+    let failures = tcg_against(&JIT, "KVM-CPL3", &mut run, &known_pvm_quirk, tcg_first_seed() + (1 << 20), count);
     assert_none(&failures);
 }

@@ -16,7 +16,7 @@ use vm_memory::{Bytes, GuestAddress};
 fn undecodable_and_unimplemented_instructions_raise_ud() {
     // With no IDT the #UD escalates to a triple fault: no panic anywhere.
     for bytes in [&[0x0f, 0x0b][..], &[0x0f, 0xff, 0xff][..], &[0x0f, 0x37][..]] {
-        let mut g = boot(&Tcg, 1, bytes);
+        let mut g = boot(&Tcg::default(), 1, bytes);
         assert_eq!(run(g.vcpu.as_mut()), VcpuExit::Shutdown, "{bytes:x?}");
         assert_eq!(g.vcpu.cpu_state().unwrap().rip, CODE);
     }
@@ -98,7 +98,7 @@ fn sse2_dot_product_strlen_and_memcpy() {
         a.movzx(eax, al)?;
         a.out(dx, eax)
     });
-    let mut g = boot(&Tcg, 1, &code);
+    let mut g = boot(&Tcg::default(), 1, &code);
     let a: Vec<f32> = (0..16).map(|i| i as f32 * 0.75 + 0.1).collect();
     let b: Vec<f32> = (0..16).map(|i| 1.0 / (i as f32 + 3.0)).collect();
     let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
@@ -166,7 +166,7 @@ fn x87_arithmetic_lazy_fpu_trap_and_fxsave_in_a_guest() {
     h.clts().unwrap();
     h.iretq().unwrap();
     let handler = h.assemble(HANDLER).unwrap();
-    let mut g = boot(&Tcg, 1, &code);
+    let mut g = boot(&Tcg::default(), 1, &code);
     g.memory.write_slice(&handler, GuestAddress(HANDLER)).unwrap();
     let gate_lo = (HANDLER & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | (((HANDLER >> 16) & 0xffff) << 48);
     write_u64(&g.memory, IDT + 7 * 16, gate_lo);
@@ -244,7 +244,7 @@ fn fxsave_fxrstor_and_fstp_m80_faults_leave_no_trace() {
     h.add(qword_ptr(rsp), r15).unwrap();
     h.iretq().unwrap();
     let gp = h.assemble(GP_HANDLER).unwrap();
-    let mut g = boot(&Tcg, 1, &code);
+    let mut g = boot(&Tcg::default(), 1, &code);
     g.memory.write_slice(&pf, GuestAddress(PF_HANDLER)).unwrap();
     g.memory.write_slice(&gp, GuestAddress(GP_HANDLER)).unwrap();
     for (vector, handler) in [(14u64, PF_HANDLER), (13, GP_HANDLER)] {

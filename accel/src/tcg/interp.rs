@@ -212,57 +212,10 @@ pub fn execute(ctx: &mut CpuContext<'_>, ops: &[Op], label_pos: &[usize], temps:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tcg::context::{CpuBus, CpuContext};
-    use crate::tcg::exception::Result as ExcResult;
+    use crate::tcg::context::CpuContext;
     use crate::tcg::ir::{BinOp, Cond, ExitKind, Label, MemSize, Temp};
-    use crate::tcg::mmu::{Access, CodePages, LinearMemory, Privilege};
-    use crate::VmOps;
-
-    /// 64 KiB of flat memory; addresses beyond it raise #PF.
-    struct Flat(Vec<u8>);
-
-    impl LinearMemory for Flat {
-        fn read(&mut self, _: &mut X86State, a: u64, size: usize, _: Access, _: Privilege) -> ExcResult<u64> {
-            let a = a as usize;
-            let bytes = self.0.get(a..a + size).ok_or(Exception::page_fault(a as u64, 0))?;
-            let mut v = [0u8; 8];
-            v[..size].copy_from_slice(bytes);
-            Ok(u64::from_le_bytes(v))
-        }
-        fn write(&mut self, _: &mut X86State, a: u64, size: usize, value: u64, _: Privilege) -> ExcResult<()> {
-            let a = a as usize;
-            let bytes = self.0.get_mut(a..a + size).ok_or(Exception::page_fault(a as u64, 2))?;
-            bytes.copy_from_slice(&value.to_le_bytes()[..size]);
-            Ok(())
-        }
-    }
-
-    impl CpuBus for Flat {
-        fn translate_code(&mut self, _: &mut X86State, linear: u64) -> ExcResult<u64> {
-            Ok(linear)
-        }
-        fn fetch_code(&mut self, _: &mut X86State, _: u64, _: &mut [u8]) -> ExcResult<usize> {
-            Ok(0)
-        }
-        fn atomic_rmw(&mut self, s: &mut X86State, a: u64, n: usize, op: &mut dyn FnMut(u64) -> u64) -> ExcResult<u64> {
-            let old = self.read(s, a, n, Access::Write, Privilege::Current)?;
-            self.write(s, a, n, op(old), Privilege::Current)?;
-            Ok(old)
-        }
-        fn cmpxchg(&mut self, s: &mut X86State, a: u64, n: usize, expected: u64, new: u64) -> ExcResult<u64> {
-            self.atomic_rmw(s, a, n, &mut |old| if old == expected { new } else { old })
-        }
-        fn flush_tlb(&mut self, _: bool) {}
-        fn flush_tlb_page(&mut self, _: u64) {}
-    }
-
-    struct NoIo;
-    impl VmOps for NoIo {
-        fn pio_read(&self, _: u16, _: &mut [u8]) {}
-        fn pio_write(&self, _: u16, _: &[u8]) {}
-        fn mmio_read(&self, _: u64, _: &mut [u8]) {}
-        fn mmio_write(&self, _: u64, _: &[u8]) {}
-    }
+    use crate::tcg::mmu::CodePages;
+    use crate::tcg::test_support::{Flat, NoIo};
 
     fn run(state: &mut X86State, mem: &mut Flat, ops: &[Op], labels: &[usize]) -> TbExit {
         let code_pages = CodePages::with_pages(0);

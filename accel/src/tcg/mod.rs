@@ -13,7 +13,8 @@
 //!   words, 80-bit soft-float, the FXSAVE image.
 //! - `ir`: the typed IR a translation block is lowered to; the one place
 //!   instruction semantics live. Interpreted by `interp` (through its own
-//!   compact form, `bytecode`), compiled by the JIT later.
+//!   compact form, `bytecode`); hot blocks are compiled to host code by
+//!   `jit` (Cranelift).
 //! - `translate/`: the frontend: iced-x86 decode → IR, one family per file.
 //! - `interrupts`: exception and interrupt delivery (IVT, IDT, privilege
 //!   changes, TSS stacks, IST, 64-bit frames, IRET), double and triple fault.
@@ -37,6 +38,7 @@ pub mod fpu;
 pub mod interp;
 pub mod interrupts;
 pub mod ir;
+pub mod jit;
 pub mod mmu;
 mod profile;
 pub mod segmentation;
@@ -45,6 +47,8 @@ pub mod simd;
 pub mod state;
 pub mod system;
 pub mod tb_cache;
+#[cfg(test)]
+mod test_support;
 pub mod translate;
 mod vcpu;
 mod vcpu_state;
@@ -83,7 +87,25 @@ pub enum TcgError {
 }
 
 /// The TCG [`Accelerator`]: an in-process x86-64 system emulator.
-pub struct Tcg;
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tcg {
+    pub jit: JitPolicy,
+}
+
+/// Which blocks the JIT compiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JitPolicy {
+    /// None: everything is interpreted.
+    Off,
+    /// A block once it has run this many times (1: every block at once).
+    Hot(u32),
+}
+
+impl Default for JitPolicy {
+    fn default() -> Self {
+        JitPolicy::Hot(jit::HOT_THRESHOLD)
+    }
+}
 
 impl Accelerator for Tcg {
     fn kind(&self) -> AccelKind {
@@ -91,6 +113,6 @@ impl Accelerator for Tcg {
     }
 
     fn create_vm(&self, memory: &GuestMemoryMmap, config: &VmConfig) -> Result<Arc<dyn Vm>> {
-        Ok(Arc::new(TcgVm::new(memory, config)?))
+        Ok(Arc::new(TcgVm::new(memory, config, self.jit)?))
     }
 }

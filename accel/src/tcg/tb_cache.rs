@@ -11,11 +11,13 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use super::ir::Op;
+use super::jit::{CompiledBlock, Jit};
 use super::mmu::CodePages;
+use super::JitPolicy;
 use super::{bytecode, interp};
 
 /// Guest code translated to IR.
@@ -36,6 +38,10 @@ pub struct TranslationBlock {
     label_pos: Vec<usize>,
     /// The same ops in the interpreter's compiled form.
     code: bytecode::Code,
+    /// Runs so far, until the block is hot.
+    runs: AtomicU32,
+    /// Host code, once the block is hot (`None`: the JIT declined it).
+    compiled: OnceLock<Option<CompiledBlock>>,
 }
 
 impl TranslationBlock {
@@ -66,12 +72,51 @@ impl TranslationBlock {
         // blocks live at once, so keep only what is used.
         let mut ops = ops;
         ops.shrink_to_fit();
-        TranslationBlock { pc, cs_base, hflags, phys_pc, pages, guest_len, ops, num_temps, label_pos, code }
+        TranslationBlock {
+            pc,
+            cs_base,
+            hflags,
+            phys_pc,
+            pages,
+            guest_len,
+            ops,
+            num_temps,
+            label_pos,
+            code,
+            runs: AtomicU32::new(0),
+            compiled: OnceLock::new(),
+        }
     }
 
     /// The block as the interpreter runs it.
     pub fn code(&self) -> &bytecode::Code {
         &self.code
+    }
+
+    /// The block's host code when it has one: counts this run and compiles
+    /// the block with `jit` once it is hot.
+    #[inline]
+    pub fn compiled(&self, jit: Option<&(Jit, u32)>) -> Option<CompiledBlock> {
+        if let Some(c) = self.compiled.get() {
+            return *c;
+        }
+        let (jit, threshold) = jit?;
+        if self.runs.fetch_add(1, Ordering::Relaxed) + 1 < *threshold {
+            return None;
+        }
+        self.compile(jit)
+    }
+
+    #[cold]
+    fn compile(&self, jit: &Jit) -> Option<CompiledBlock> {
+        let c = match jit.compile(&self.code) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                log::debug!("TCG: block at {:#x} stays interpreted: {e}", self.pc);
+                None
+            }
+        };
+        *self.compiled.get_or_init(|| c)
     }
 
     pub fn ops(&self) -> &[Op] {
@@ -132,11 +177,29 @@ pub struct TbCache {
     code_pages: Arc<CodePages>,
     /// Bumped whenever blocks are dropped: jump caches compare it.
     generation: AtomicU64,
+    /// Compiles blocks once they have run this many times; `None` when
+    /// disabled or unavailable on this host.
+    jit: Option<(Jit, u32)>,
 }
 
 impl TbCache {
-    pub fn new(code_pages: Arc<CodePages>) -> Self {
-        TbCache { blocks: RwLock::default(), code_pages, generation: AtomicU64::new(0) }
+    pub fn new(code_pages: Arc<CodePages>, jit: JitPolicy) -> Self {
+        let jit = match jit {
+            JitPolicy::Off => None,
+            JitPolicy::Hot(threshold) => match Jit::new() {
+                Ok(j) => Some((j, threshold.max(1))),
+                Err(e) => {
+                    log::warn!("TCG: no JIT, interpreting everything: {e}");
+                    None
+                }
+            },
+        };
+        TbCache { blocks: RwLock::default(), code_pages, generation: AtomicU64::new(0), jit }
+    }
+
+    /// The JIT and its hotness threshold, when compiling.
+    pub fn jit(&self) -> Option<&(Jit, u32)> {
+        self.jit.as_ref()
     }
 
     pub fn code_pages(&self) -> &Arc<CodePages> {

@@ -18,7 +18,7 @@ use super::signals::VcpuSignals;
 use super::state::{hflags, rflags, seg, SegmentCache, X86State};
 use super::tb_cache::{Found, JumpCache, TbCache};
 use super::vm::IoDispatch;
-use super::{interrupts, translate, vcpu_state};
+use super::{interrupts, jit, translate, vcpu_state};
 use crate::{CpuState, VcpuExit, VcpuKicker};
 
 /// Blocks run between two looks at the clock for due timers: reading it
@@ -333,7 +333,10 @@ impl TcgVcpu {
             vcpus: self.vcpus,
             apic: Some(&self.apic),
         };
-        let exit = bytecode::run(&mut ctx, code, &mut self.temps);
+        let exit = match tb.compiled(self.tb_cache.jit()) {
+            Some(block) => jit::run(&mut ctx, code, block),
+            None => bytecode::run(&mut ctx, code, &mut self.temps),
+        };
         let requests = ctx.requests;
         if requests.reset {
             return Step::Exit(VcpuExit::Reset);

@@ -103,7 +103,7 @@ pub struct TcgVm {
 }
 
 impl TcgVm {
-    pub fn new(memory: &GuestMemoryMmap, config: &VmConfig) -> Result<Self, TcgError> {
+    pub fn new(memory: &GuestMemoryMmap, config: &VmConfig, jit: super::JitPolicy) -> Result<Self, TcgError> {
         if config.vcpus == 0 || config.vcpus == u8::MAX {
             return Err(TcgError::VcpuCount(config.vcpus));
         }
@@ -111,7 +111,7 @@ impl TcgVm {
         let code_pages = Arc::new(CodePages::new(memory));
         Ok(TcgVm {
             memory: memory.clone(),
-            tb_cache: Arc::new(TbCache::new(code_pages.clone())),
+            tb_cache: Arc::new(TbCache::new(code_pages.clone(), jit)),
             code_pages,
             vcpus: config.vcpus,
             ioevents: Arc::default(),
@@ -202,7 +202,7 @@ mod tests {
     #[test]
     fn device_dma_invalidates_translated_code() {
         let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let vm = TcgVm::new(&memory, &VmConfig { vcpus: 1 }).unwrap();
+        let vm = TcgVm::new(&memory, &VmConfig { vcpus: 1 }, crate::tcg::JitPolicy::Hot(1)).unwrap();
         vm.code_pages.mark(0x20);
         vm.notify_guest_write(0x1f_ff8, 16); // straddles pages 0x1f and 0x20
         assert_eq!(vm.code_pages.take_invalidated(), vec![0x20]);

@@ -165,6 +165,12 @@ impl CodePages {
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
+
+    /// Where [`Self::generation`] lives, for compiled code that reads it
+    /// directly (an aligned 8-byte load: atomic, and acquire on x86).
+    pub fn generation_ptr(&self) -> *const u64 {
+        self.generation.as_ptr()
+    }
 }
 
 /// `membarrier(2)`, private expedited: an IPI-driven full barrier on every

@@ -4,14 +4,13 @@
 
 use iced_x86::code_asm::*;
 
-use crate::tcg::context::{CpuBus, CpuContext};
-use crate::tcg::exception::{Exception, Result as ExcResult};
+use crate::tcg::context::CpuContext;
 use crate::tcg::flags;
 use crate::tcg::interp::{execute, TbExit};
-use crate::tcg::mmu::{Access, CodePages, LinearMemory, Privilege};
+use crate::tcg::mmu::CodePages;
 use crate::tcg::state::{ctrl, reg, seg, SegmentCache, X86State};
+pub use crate::tcg::test_support::{Flat, NoIo};
 use crate::tcg::translate::translate_block;
-use crate::VmOps;
 
 /// Guest code and data addresses (identity-mapped flat memory).
 pub const CODE: u64 = 0x1000;
@@ -139,58 +138,9 @@ fn xmm_regs() -> [AsmRegisterXmm; 16] {
 
 // ---- the guest side ----
 
-/// Flat identity-mapped memory; accesses beyond it raise #PF.
-pub struct Flat(pub Vec<u8>);
-
-impl Flat {
-    pub fn new() -> Self {
-        Flat(vec![0; MEM_SIZE])
-    }
-}
-
-impl LinearMemory for Flat {
-    fn read(&mut self, _: &mut X86State, a: u64, size: usize, _: Access, _: Privilege) -> ExcResult<u64> {
-        let bytes = usize::try_from(a).ok().and_then(|a| self.0.get(a..a + size)).ok_or(Exception::page_fault(a, 0))?;
-        let mut v = [0u8; 8];
-        v[..size].copy_from_slice(bytes);
-        Ok(u64::from_le_bytes(v))
-    }
-    fn write(&mut self, _: &mut X86State, a: u64, size: usize, value: u64, _: Privilege) -> ExcResult<()> {
-        let bytes =
-            usize::try_from(a).ok().and_then(|a| self.0.get_mut(a..a + size)).ok_or(Exception::page_fault(a, 2))?;
-        bytes.copy_from_slice(&value.to_le_bytes()[..size]);
-        Ok(())
-    }
-}
-
-impl CpuBus for Flat {
-    fn translate_code(&mut self, _: &mut X86State, linear: u64) -> ExcResult<u64> {
-        Ok(linear)
-    }
-    fn fetch_code(&mut self, _: &mut X86State, linear: u64, buf: &mut [u8]) -> ExcResult<usize> {
-        let start = linear as usize;
-        let n = buf.len().min(0x1000 - (start & 0xfff)).min(self.0.len().saturating_sub(start));
-        buf[..n].copy_from_slice(&self.0[start..start + n]);
-        Ok(n)
-    }
-    fn atomic_rmw(&mut self, s: &mut X86State, a: u64, n: usize, op: &mut dyn FnMut(u64) -> u64) -> ExcResult<u64> {
-        let old = self.read(s, a, n, Access::Write, Privilege::Current)?;
-        self.write(s, a, n, op(old), Privilege::Current)?;
-        Ok(old)
-    }
-    fn cmpxchg(&mut self, s: &mut X86State, a: u64, n: usize, expected: u64, new: u64) -> ExcResult<u64> {
-        self.atomic_rmw(s, a, n, &mut |old| if old == expected { new } else { old })
-    }
-    fn flush_tlb(&mut self, _: bool) {}
-    fn flush_tlb_page(&mut self, _: u64) {}
-}
-
-struct NoIo;
-impl VmOps for NoIo {
-    fn pio_read(&self, _: u16, _: &mut [u8]) {}
-    fn pio_write(&self, _: u16, _: &[u8]) {}
-    fn mmio_read(&self, _: u64, _: &mut [u8]) {}
-    fn mmio_write(&self, _: u64, _: &[u8]) {}
+/// Zeroed flat memory of [`MEM_SIZE`] bytes.
+pub fn flat() -> Flat {
+    Flat(vec![0; MEM_SIZE])
 }
 
 /// 64-bit mode at CPL 0 with paging off (the flat memory is the linear
@@ -237,7 +187,7 @@ pub fn run_code(state: &mut X86State, mem: &mut Flat, code: &[u8]) -> TbExit {
 /// pointing at it plus `rsi_offset`); returns the exit and updates both.
 pub fn run_guest(insn: &[u8], regs: &mut Regs, data: &mut Data, rsi_offset: usize) -> TbExit {
     let mut state = long_mode();
-    let mut mem = Flat::new();
+    let mut mem = flat();
     mem.0[DATA as usize..DATA as usize + 64].copy_from_slice(&data.0);
     state.fpu.xmm = regs.xmm;
     state.fpu.mxcsr = regs.mxcsr;

@@ -4,7 +4,7 @@
 
 use iced_x86::code_asm::*;
 
-use super::machine::{long_mode, run_code, Flat, CODE, DATA, MEM_SIZE};
+use super::machine::{flat, long_mode, run_code, Flat, CODE, DATA, MEM_SIZE};
 use crate::tcg::exception::{vector, Exception};
 use crate::tcg::flags;
 use crate::tcg::interp::TbExit;
@@ -52,7 +52,7 @@ fn cr0_and_cr4_gate_sse_instructions() {
         s.recompute_hflags();
         s.fpu.xmm[1] = F32_ONE;
         s.fpu.xmm[2] = F32_ONE;
-        assert_eq!(fault(&mut s, &mut Flat::new(), &addps), want, "cr0 {c0:#x} cr4 {c4:#x}");
+        assert_eq!(fault(&mut s, &mut flat(), &addps), want, "cr0 {c0:#x} cr4 {c4:#x}");
         let sum = if want.is_none() { 0x4000_0000 } else { F32_ONE };
         assert_eq!(s.fpu.xmm[1], sum);
     }
@@ -63,7 +63,7 @@ fn cr0_and_cr4_gate_sse_instructions() {
     s.recompute_hflags();
     s.gpr[reg::RSI] = DATA;
     s.gpr[reg::RCX] = 0x1234_5678;
-    let mut mem = Flat::new();
+    let mut mem = flat();
     assert_eq!(fault(&mut s, &mut mem, &asm(|a| a.movnti(dword_ptr(rsi), ecx))), None);
     assert_eq!(mem.0[DATA as usize..DATA as usize + 4], [0x78, 0x56, 0x34, 0x12]);
 }
@@ -90,7 +90,7 @@ fn misaligned_m128_operands_raise_gp() {
             let mut s = long_mode();
             s.gpr[reg::RSI] = DATA + offset;
             s.fpu.xmm[1] = 0x1111;
-            let mut mem = Flat::new();
+            let mut mem = flat();
             assert_eq!(fault(&mut s, &mut mem, code), Some(Exception::gp0()), "{code:x?} at +{offset}");
             assert_eq!(s.fpu.xmm[1], 0x1111, "{code:x?}: destination untouched");
             assert!(mem.0[DATA as usize..DATA as usize + 32].iter().all(|&b| b == 0), "memory untouched");
@@ -98,7 +98,7 @@ fn misaligned_m128_operands_raise_gp() {
         for code in &unaligned_ok {
             let mut s = long_mode();
             s.gpr[reg::RSI] = DATA + offset;
-            assert_eq!(fault(&mut s, &mut Flat::new(), code), None, "{code:x?} at +{offset}");
+            assert_eq!(fault(&mut s, &mut flat(), code), None, "{code:x?} at +{offset}");
         }
     }
 }
@@ -113,7 +113,7 @@ fn run_fp(code: &[u8], mx: u32, x1: u128, x2: u128, osxmmexcpt: bool) -> (Option
     s.fpu.mxcsr = mx;
     s.fpu.xmm[1] = x1;
     s.fpu.xmm[2] = x2;
-    let e = fault(&mut s, &mut Flat::new(), code);
+    let e = fault(&mut s, &mut flat(), code);
     (e, s)
 }
 
@@ -153,7 +153,7 @@ fn unmasked_simd_exceptions_fault_without_writing_the_destination() {
     s.fpu.mxcsr = 0x1f80 & !(1 << 7);
     s.fpu.xmm[1] = 0x7fc0_0000;
     flags::set_rflags_arith(&mut s, rf::SF | rf::OF);
-    assert_eq!(fault(&mut s, &mut Flat::new(), &comiss), xm);
+    assert_eq!(fault(&mut s, &mut flat(), &comiss), xm);
     assert_eq!(flags::rflags(&s) & rf::ARITH, rf::SF | rf::OF);
     assert_eq!(s.fpu.mxcsr & mxcsr::FLAGS, mxcsr::IE);
 }
@@ -166,7 +166,7 @@ fn page_crossing_accesses_are_precise() {
         let mut s = long_mode();
         s.gpr[reg::RSI] = at;
         s.fpu.xmm[1] = u128::MAX;
-        let mut mem = Flat::new();
+        let mut mem = flat();
         let store = asm(|a| a.movdqu(xmmword_ptr(rsi), xmm1));
         let e = fault(&mut s, &mut mem, &store);
         assert!(matches!(e, Some(Exception { vector: vector::PF, .. })), "+{offset}: {e:?}");
@@ -181,7 +181,7 @@ fn page_crossing_accesses_are_precise() {
     let at = 0x4ffa;
     s.gpr[reg::RSI] = at;
     s.fpu.xmm[1] = 0x0f0e_0d0c_0b0a_0908_0706_0504_0302_0100;
-    let mut mem = Flat::new();
+    let mut mem = flat();
     assert_eq!(fault(&mut s, &mut mem, &asm(|a| a.movups(xmmword_ptr(rsi), xmm1))), None);
     assert_eq!(mem.0[at as usize..at as usize + 16], (0..16).collect::<Vec<u8>>()[..]);
     assert_eq!(mem.0[at as usize - 1], 0);
@@ -207,7 +207,7 @@ fn maskmovdqu_matches_the_host() {
         s.gpr[reg::RDI] = DATA;
         s.fpu.xmm[1] = data;
         s.fpu.xmm[2] = mask;
-        let mut mem = Flat::new();
+        let mut mem = flat();
         mem.0[DATA as usize..DATA as usize + 16].fill(0x55);
         assert_eq!(fault(&mut s, &mut mem, &code), None);
         assert_eq!(mem.0[DATA as usize..DATA as usize + 16], host);
@@ -217,7 +217,7 @@ fn maskmovdqu_matches_the_host() {
 #[test]
 fn string_movsd_and_cmpsd_stay_string_instructions() {
     let mut s = long_mode();
-    let mut mem = Flat::new();
+    let mut mem = flat();
     mem.0[DATA as usize..DATA as usize + 4].copy_from_slice(&[1, 2, 3, 4]);
     s.gpr[reg::RSI] = DATA;
     s.gpr[reg::RDI] = DATA + 0x100;
@@ -240,7 +240,7 @@ fn legacy_32bit_mode_operands() {
     s.gpr[reg::RSI] = 0xffff_ffff_0000_0000 | DATA; // only ESI counts
     s.gpr[reg::RCX] = 0xdead_beef_0000_0007;
     s.fpu.xmm[1] = F32_ONE;
-    let mut mem = Flat::new();
+    let mut mem = flat();
     mem.0[DATA as usize..DATA as usize + 4].copy_from_slice(&0x4000_0000u32.to_le_bytes());
     let mut a = CodeAssembler::new(32).unwrap();
     a.addss(xmm1, dword_ptr(esi)).unwrap();

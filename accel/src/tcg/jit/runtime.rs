@@ -1,0 +1,148 @@
+//! What compiled blocks call back into: the frame a block runs with and the
+//! `extern "C"` entry points for the operations kept out of line (guest
+//! memory through the softmmu, helper calls, the rare IR ops).
+//!
+//! Every entry point returns a status (0 = go on, 1 = an exception is stored
+//! in the frame) and leaves a value, if any, in [`JitFrame::value`].
+
+use crate::tcg::bytecode::Code;
+use crate::tcg::context::CpuContext;
+use crate::tcg::exception::Exception;
+use crate::tcg::interp::{bin, st_env, stack_fault};
+use crate::tcg::ir::{BinOp, MemFlags, MemSize, MAX_HELPER_ARGS};
+use crate::tcg::mmu::{Access, Privilege};
+
+/// A block's run-time frame; compiled code reaches its fields by offset.
+#[repr(C)]
+pub(super) struct JitFrame<'c, 'a> {
+    /// The guest state (`X86State`) the block's env ops address.
+    pub(super) state: *mut u8,
+    /// The VM's self-modifying-code generation (an `AtomicU64`'s value).
+    pub(super) generation: *const u64,
+    /// Its value when the block started.
+    pub(super) generation_start: u64,
+    /// Results of out-of-line operations.
+    pub(super) value: u64,
+    /// Helper-call arguments, stored by the block before the call.
+    pub(super) args: [u64; MAX_HELPER_ARGS],
+    pub(super) ctx: &'c mut CpuContext<'a>,
+    pub(super) code: &'c Code,
+    /// The exception an entry point returned status 1 for.
+    pub(super) exception: Option<Exception>,
+}
+
+/// Field offsets compiled code uses.
+pub(super) mod offsets {
+    use super::JitFrame;
+    use std::mem::offset_of;
+    pub const STATE: i32 = offset_of!(JitFrame<'static, 'static>, state) as i32;
+    pub const GENERATION: i32 = offset_of!(JitFrame<'static, 'static>, generation) as i32;
+    pub const GENERATION_START: i32 = offset_of!(JitFrame<'static, 'static>, generation_start) as i32;
+    pub const VALUE: i32 = offset_of!(JitFrame<'static, 'static>, value) as i32;
+    pub const ARGS: i32 = offset_of!(JitFrame<'static, 'static>, args) as i32;
+}
+
+/// The signature of a compiled block.
+pub(super) type BlockFn = unsafe extern "C" fn(frame: *mut JitFrame<'_, '_>) -> u64;
+
+/// Packs a memory access's shape into one argument.
+pub(super) fn mem_desc(size: MemSize, sign: bool, flags: MemFlags) -> u64 {
+    size.bytes() as u64 | u64::from(sign) << 8 | u64::from(flags.0) << 16
+}
+
+fn unpack(desc: u64) -> (usize, bool, MemFlags) {
+    ((desc & 0xff) as usize, desc & 0x100 != 0, MemFlags((desc >> 16) as u8))
+}
+
+/// Guest-memory load: the value in `frame.value`.
+pub(super) extern "C" fn load(frame: *mut JitFrame<'_, '_>, addr: u64, desc: u64) -> u64 {
+    // SAFETY: compiled code passes the frame `run` built, which outlives
+    // the block, and nothing else references it during this call.
+    let frame = unsafe { &mut *frame };
+    let (size, sign, flags) = unpack(desc);
+    let access = if flags.contains(MemFlags::RMW) { Access::Write } else { Access::Read };
+    let ctx = &mut *frame.ctx;
+    match ctx.mem.read(ctx.state, addr, size, access, Privilege::Current) {
+        Ok(v) => {
+            frame.value = if sign {
+                let shift = 64 - 8 * size as u32;
+                (((v << shift) as i64) >> shift) as u64
+            } else {
+                v
+            };
+            0
+        }
+        Err(e) => {
+            frame.exception = Some(stack_fault(e, flags, addr, size));
+            1
+        }
+    }
+}
+
+/// Guest-memory store.
+pub(super) extern "C" fn store(frame: *mut JitFrame<'_, '_>, addr: u64, value: u64, desc: u64) -> u64 {
+    // SAFETY: as in `load`.
+    let frame = unsafe { &mut *frame };
+    let (size, _, flags) = unpack(desc);
+    let ctx = &mut *frame.ctx;
+    match ctx.mem.write(ctx.state, addr, size, value, Privilege::Current) {
+        Ok(()) => 0,
+        Err(e) => {
+            frame.exception = Some(stack_fault(e, flags, addr, size));
+            1
+        }
+    }
+}
+
+/// Helper call `site` of the block's code, arguments in `frame.args`.
+pub(super) extern "C" fn call(frame: *mut JitFrame<'_, '_>, site: u64) -> u64 {
+    // SAFETY: as in `load`.
+    let frame = unsafe { &mut *frame };
+    let Some(c) = frame.code.calls.get(site as usize) else {
+        frame.exception = Some(Exception::ud());
+        return 1;
+    };
+    let nargs = usize::from(c.nargs).min(MAX_HELPER_ARGS);
+    let args = frame.args;
+    match (c.helper.func)(frame.ctx, &args[..nargs]) {
+        Ok(v) => {
+            frame.value = v;
+            0
+        }
+        Err(e) => {
+            frame.exception = Some(e);
+            1
+        }
+    }
+}
+
+/// Division and remainder (kept out of line: a zero divisor, a
+/// translator bug, must not trap the host).
+pub(super) extern "C" fn divide(op: u64, a: u64, b: u64) -> u64 {
+    let op = match op {
+        0 => BinOp::DivU,
+        1 => BinOp::DivS,
+        2 => BinOp::RemU,
+        _ => BinOp::RemS,
+    };
+    bin(op, a, b)
+}
+
+/// The argument [`divide`] takes for `op` (None: not a division).
+pub(super) fn divide_code(op: BinOp) -> Option<u64> {
+    match op {
+        BinOp::DivU => Some(0),
+        BinOp::DivS => Some(1),
+        BinOp::RemU => Some(2),
+        BinOp::RemS => Some(3),
+        _ => None,
+    }
+}
+
+/// An env store that needs sanitising (`cc_op`), at `offset` of `size`.
+pub(super) extern "C" fn store_env_checked(frame: *mut JitFrame<'_, '_>, offset: u64, value: u64, size: u64) {
+    // SAFETY: as in `load`.
+    let frame = unsafe { &mut *frame };
+    let size = MemSize::from_bytes(size as usize).unwrap_or(MemSize::B8);
+    st_env(frame.ctx.state, offset as u32, size, value);
+}
