@@ -55,8 +55,9 @@ pub fn select(choice: AccelChoice) -> Result<Box<dyn Accelerator>, SelectError> 
 }
 
 /// TCG with the JIT policy `RXVMM_TCG_JIT` asks for: `off` (interpret
-/// everything) or a hotness threshold (runs before a block is compiled);
-/// the engine's default otherwise.
+/// everything), `always` (compile every block before it runs) or a hotness
+/// threshold (runs before a block is compiled); the engine's default
+/// otherwise.
 fn tcg() -> Box<dyn Accelerator> {
     Box::new(accel::tcg::Tcg { jit: jit_policy(std::env::var("RXVMM_TCG_JIT").ok().as_deref()) })
 }
@@ -64,6 +65,7 @@ fn tcg() -> Box<dyn Accelerator> {
 fn jit_policy(setting: Option<&str>) -> JitPolicy {
     match setting {
         Some("off") | Some("0") => JitPolicy::Off,
+        Some("always") => JitPolicy::Always,
         Some(n) => match n.parse() {
             Ok(threshold) => JitPolicy::Hot(threshold),
             Err(_) => {

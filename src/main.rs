@@ -31,6 +31,9 @@ fn run(args: &VmArgs) -> anyhow::Result<u8> {
     let spec = vm_spec(args)?;
     let accel = rxvmm::accel_select::select(args.accel)?;
     let reason = run_vm(&spec, accel.as_ref(), Console::stdio())?;
+    if accel.kind() == accel::AccelKind::Tcg {
+        log::debug!(target: "rxvmm::tcg", "statistics: {}", accel::tcg::stats());
+    }
     let code = exit_code::for_reason(&reason);
     match &reason {
         devices::ExitReason::Poweroff | devices::ExitReason::UserQuit => {}

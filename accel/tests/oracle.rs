@@ -364,7 +364,7 @@ fn tcg_matches_the_cpu_on_fixed_divergence_classes() {
 /// TCG interpreting every block.
 const INTERPRETER: Tcg = Tcg { jit: JitPolicy::Off };
 /// TCG compiling every block before its first run.
-const JIT: Tcg = Tcg { jit: JitPolicy::Hot(1) };
+const JIT: Tcg = Tcg { jit: JitPolicy::Always };
 
 /// Seeds of the TCG runs start here (apart from the oracles' own run).
 const TCG_SEED_BASE: u64 = 0x7c90_0000;

@@ -4,6 +4,7 @@
 
 use super::apic::CpuApic;
 use super::exception::Result;
+use super::mmu::fast_tlb::{FastEntry, EMPTY_TABLE};
 use super::mmu::{Access, CodePages, CpuMemory, LinearMemory, Privilege};
 use super::state::X86State;
 use crate::VmOps;
@@ -51,6 +52,13 @@ pub trait CpuBus: LinearMemory {
     fn flush_tlb(&mut self, include_global: bool);
     /// Drops the cached translation of the page holding `linear` (INVLPG).
     fn flush_tlb_page(&mut self, linear: u64);
+    /// The fast TLB compiled code reads for the current privilege (see
+    /// [`super::mmu::fast_tlb`]); the default is a table that never hits.
+    fn fast_table(&self, _state: &X86State) -> *const FastEntry {
+        EMPTY_TABLE.as_ptr()
+    }
+    /// Offers the page of a successful `access` at `linear` to the fast TLB.
+    fn fill_fast(&mut self, _state: &X86State, _linear: u64, _access: Access) {}
 }
 
 /// Things a helper asks the vCPU loop to do once the block has returned.
@@ -109,5 +117,11 @@ impl CpuBus for CpuMemory {
     }
     fn flush_tlb_page(&mut self, linear: u64) {
         self.flush_page(linear);
+    }
+    fn fast_table(&self, state: &X86State) -> *const FastEntry {
+        CpuMemory::fast_table(self, state)
+    }
+    fn fill_fast(&mut self, state: &X86State, linear: u64, access: Access) {
+        CpuMemory::fill_fast(self, state, linear, access);
     }
 }

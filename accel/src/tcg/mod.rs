@@ -24,13 +24,16 @@
 //! - `system`: helpers for system instructions (CR/DR/MSR moves, descriptor
 //!   table loads, CPUID table, RDTSC, SYSCALL/SYSRET, HLT…).
 //! - `tb_cache`: translation blocks keyed by physical PC + hflags.
+//! - `chain`: direct links between compiled blocks.
 //! - `apic`: a vCPU's side of the emulated interrupt controllers and timers
 //!   (`devices::irqchip`): LAPIC page and MSRs, CR8, timers, interrupts.
 //! - `vcpu`, `vm`: the `Accelerator`/`Vm`/`Vcpu` implementation.
 //! - `profile`: guest-RIP sampling for bring-up (`RXVMM_TCG_PROFILE`).
+//! - `stats`: counters of translation, compilation and block runs.
 
 pub mod apic;
 pub mod bytecode;
+mod chain;
 pub mod context;
 pub mod exception;
 pub mod flags;
@@ -45,6 +48,7 @@ pub mod segmentation;
 pub mod signals;
 pub mod simd;
 pub mod state;
+mod stats;
 pub mod system;
 pub mod tb_cache;
 #[cfg(test)]
@@ -60,6 +64,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::{AccelKind, Accelerator, Result, Vm, VmConfig};
 
+pub use stats::{stats, TcgStats};
 pub use vcpu::TcgVcpu;
 pub use vm::TcgVm;
 
@@ -97,8 +102,10 @@ pub struct Tcg {
 pub enum JitPolicy {
     /// None: everything is interpreted.
     Off,
-    /// A block once it has run this many times (1: every block at once).
+    /// A block once it has run this many times, on the JIT's thread.
     Hot(u32),
+    /// Every block, before its first run (testing the JIT).
+    Always,
 }
 
 impl Default for JitPolicy {

@@ -66,6 +66,11 @@ impl VcpuSignals {
 
     /// Whether anything at all is pending: the one check per block.
     #[inline]
+    /// The pending-signal word, for compiled code that polls it.
+    pub(crate) fn pending_word(&self) -> *const u32 {
+        self.pending.as_ptr()
+    }
+
     pub(crate) fn any(&self) -> bool {
         self.pending.load(Ordering::Relaxed) != 0
     }

@@ -14,8 +14,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
+use super::chain::{ChainStore, Links};
 use super::ir::Op;
-use super::jit::{CompiledBlock, Jit};
+use super::jit::{CompiledBlock, Compiler, Jit};
 use super::mmu::CodePages;
 use super::JitPolicy;
 use super::{bytecode, interp};
@@ -42,6 +43,8 @@ pub struct TranslationBlock {
     runs: AtomicU32,
     /// Host code, once the block is hot (`None`: the JIT declined it).
     compiled: OnceLock<Option<CompiledBlock>>,
+    /// Where its compiled direct jumps may chain to.
+    links: Links,
 }
 
 impl TranslationBlock {
@@ -85,6 +88,7 @@ impl TranslationBlock {
             code,
             runs: AtomicU32::new(0),
             compiled: OnceLock::new(),
+            links: Links::default(),
         }
     }
 
@@ -93,23 +97,26 @@ impl TranslationBlock {
         &self.code
     }
 
-    /// The block's host code when it has one: counts this run and compiles
-    /// the block with `jit` once it is hot.
+    /// Whether the block has been offered to the JIT: `Some(code)` when it
+    /// was (`None` inside: declined), `None` when not yet.
     #[inline]
-    pub fn compiled(&self, jit: Option<&(Jit, u32)>) -> Option<CompiledBlock> {
+    pub fn compiled_block(&self) -> Option<Option<CompiledBlock>> {
+        self.compiled.get().copied()
+    }
+
+    /// Counts a run of the block (interpreted); returns the count.
+    #[inline]
+    pub fn count_run(&self) -> u32 {
+        self.runs.fetch_add(1, Ordering::Relaxed).wrapping_add(1)
+    }
+
+    /// Compiles the block with `jit` unless that was done already.
+    #[cold]
+    pub fn compile_with(&self, jit: &Jit) -> Option<CompiledBlock> {
         if let Some(c) = self.compiled.get() {
             return *c;
         }
-        let (jit, threshold) = jit?;
-        if self.runs.fetch_add(1, Ordering::Relaxed) + 1 < *threshold {
-            return None;
-        }
-        self.compile(jit)
-    }
-
-    #[cold]
-    fn compile(&self, jit: &Jit) -> Option<CompiledBlock> {
-        let c = match jit.compile(&self.code) {
+        let c = match jit.compile(&self.code, self.links.address()) {
             Ok(c) => Some(c),
             Err(e) => {
                 log::debug!("TCG: block at {:#x} stays interpreted: {e}", self.pc);
@@ -117,6 +124,15 @@ impl TranslationBlock {
             }
         };
         *self.compiled.get_or_init(|| c)
+    }
+
+    /// The compiled entry point, if the block has been compiled.
+    pub fn compiled_entry(&self) -> Option<u64> {
+        self.compiled.get().copied().flatten().map(CompiledBlock::entry)
+    }
+
+    pub fn links(&self) -> &Links {
+        &self.links
     }
 
     pub fn ops(&self) -> &[Op] {
@@ -177,33 +193,35 @@ pub struct TbCache {
     code_pages: Arc<CodePages>,
     /// Bumped whenever blocks are dropped: jump caches compare it.
     generation: AtomicU64,
-    /// Compiles blocks once they have run this many times; `None` when
-    /// disabled or unavailable on this host.
-    jit: Option<(Jit, u32)>,
+    /// Compiles blocks as the VM's policy says; `None` when disabled or
+    /// unavailable on this host.
+    compiler: Option<Compiler>,
+    chains: ChainStore,
 }
 
 impl TbCache {
     pub fn new(code_pages: Arc<CodePages>, jit: JitPolicy) -> Self {
-        let jit = match jit {
-            JitPolicy::Off => None,
-            JitPolicy::Hot(threshold) => match Jit::new() {
-                Ok(j) => Some((j, threshold.max(1))),
-                Err(e) => {
-                    log::warn!("TCG: no JIT, interpreting everything: {e}");
-                    None
-                }
-            },
-        };
-        TbCache { blocks: RwLock::default(), code_pages, generation: AtomicU64::new(0), jit }
-    }
-
-    /// The JIT and its hotness threshold, when compiling.
-    pub fn jit(&self) -> Option<&(Jit, u32)> {
-        self.jit.as_ref()
+        TbCache {
+            blocks: RwLock::default(),
+            code_pages,
+            generation: AtomicU64::new(0),
+            compiler: Compiler::new(jit),
+            chains: ChainStore::default(),
+        }
     }
 
     pub fn code_pages(&self) -> &Arc<CodePages> {
         &self.code_pages
+    }
+
+    /// Links between compiled blocks.
+    pub fn chains(&self) -> &ChainStore {
+        &self.chains
+    }
+
+    /// The JIT, when compiling.
+    pub fn compiler(&self) -> Option<&Compiler> {
+        self.compiler.as_ref()
     }
 
     pub fn generation(&self) -> u64 {
@@ -227,11 +245,14 @@ impl TbCache {
         if pages.is_empty() {
             return;
         }
+        super::stats::add(super::stats::Counter::InvalidatedPages, pages.len() as u64);
         let mut blocks = self.blocks.write().unwrap_or_else(PoisonError::into_inner);
         for page in pages {
             let Some(keys) = blocks.by_page.remove(&(page << 12)) else { continue };
             for k in keys {
-                blocks.map.remove(&k);
+                if let Some(tb) = blocks.map.remove(&k) {
+                    self.chains.retire(tb);
+                }
             }
         }
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -260,7 +281,9 @@ impl TbCache {
     /// Drops every block (tests, debugging).
     pub fn clear(&self) {
         let mut blocks = self.blocks.write().unwrap_or_else(PoisonError::into_inner);
-        *blocks = Blocks::default();
+        for (_, tb) in std::mem::take(&mut *blocks).map {
+            self.chains.retire(tb);
+        }
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -367,8 +390,8 @@ impl JumpCache {
     /// borrow, so running it costs no reference-count traffic on a block
     /// that other vCPUs run too.
     #[inline]
-    pub fn block(&self, i: usize) -> Option<&TranslationBlock> {
-        self.slots.get(i)?.tb.as_deref()
+    pub fn block(&self, i: usize) -> Option<&Arc<TranslationBlock>> {
+        self.slots.get(i)?.tb.as_ref()
     }
 
     /// Caches `tb`, whose code the TLB maps at `tlb_epoch`; returns its slot.

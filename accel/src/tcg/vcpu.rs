@@ -16,7 +16,8 @@ use super::mmu::{CodePages, CpuMemory};
 use super::profile::Profiler;
 use super::signals::VcpuSignals;
 use super::state::{hflags, rflags, seg, SegmentCache, X86State};
-use super::tb_cache::{Found, JumpCache, TbCache};
+use super::stats::{self, Counter, VcpuCounts};
+use super::tb_cache::{Found, JumpCache, TbCache, TranslationBlock};
 use super::vm::IoDispatch;
 use super::{interrupts, jit, translate, vcpu_state};
 use crate::{CpuState, VcpuExit, VcpuKicker};
@@ -59,6 +60,10 @@ pub struct TcgVcpu {
     timer_countdown: u32,
     /// Guest-RIP sampling (`RXVMM_TCG_PROFILE`), off normally.
     profiler: Option<Box<Profiler>>,
+    counts: VcpuCounts,
+    /// The compiled block (address) and `GotoTb` slot that last left to the
+    /// loop: the next block dispatched may be linked to it.
+    unlinked_edge: Option<(usize, u8)>,
 }
 
 /// What one step of the main loop asks the caller to do.
@@ -102,6 +107,8 @@ impl TcgVcpu {
             timer_deadline: None,
             timer_countdown: 0,
             profiler: Profiler::from_env(id),
+            counts: VcpuCounts::default(),
+            unlinked_edge: None,
         }
     }
 
@@ -247,8 +254,14 @@ impl TcgVcpu {
         let key_flags = self.state.hflags & hflags::TB_KEY_MASK;
         let tlb_epoch = self.mem.tlb().epoch();
         match self.jump_cache.find(self.tb_cache.generation(), pc, cs_base, key_flags, tlb_epoch) {
-            Found::Hit(i) => Ok(i),
-            Found::Recheck(i) => self.recheck(i, pc, cs_base, key_flags),
+            Found::Hit(i) => {
+                self.counts.jump_cache_hits += 1;
+                Ok(i)
+            }
+            Found::Recheck(i) => {
+                self.counts.jump_cache_rechecks += 1;
+                self.recheck(i, pc, cs_base, key_flags)
+            }
             Found::Miss => self.block_slow(pc, cs_base, key_flags),
         }
     }
@@ -296,10 +309,14 @@ impl TcgVcpu {
     fn block_slow(&mut self, pc: u64, cs_base: u64, key_flags: u64) -> Result<usize, Exception> {
         let linear = self.code_linear(pc, cs_base);
         let phys = self.mem.translate_code(&mut self.state, linear)?;
+        self.counts.cache_lookups += 1;
         let tb = match self.tb_cache.lookup(phys, pc, cs_base, key_flags) {
             Some(tb) => tb,
             None => {
+                let start = Instant::now();
                 let tb = translate::translate_block(&mut self.mem, &mut self.state, &self.code_pages, pc, phys)?;
+                stats::add(Counter::BlocksTranslated, 1);
+                stats::add(Counter::TranslateNs, start.elapsed().as_nanos() as u64);
                 self.tb_cache.insert(tb)
             }
         };
@@ -312,6 +329,8 @@ impl TcgVcpu {
     fn step(&mut self) -> Step {
         // The STI / MOV SS shadow covers the first instruction of this block.
         self.state.hflags &= !hflags::INHIBIT_IRQ;
+        let generation = self.code_pages.generation();
+        let edge = self.unlinked_edge.take();
         let slot = match self.block() {
             Ok(slot) => slot,
             Err(e) => return self.deliver(e, self.state.rip),
@@ -333,9 +352,28 @@ impl TcgVcpu {
             vcpus: self.vcpus,
             apic: Some(&self.apic),
         };
-        let exit = match tb.compiled(self.tb_cache.jit()) {
-            Some(block) => jit::run(&mut ctx, code, block),
-            None => bytecode::run(&mut ctx, code, &mut self.temps),
+        self.counts.guest_insns += code.insn_count() as u64;
+        let compiled = self.tb_cache.compiler().and_then(|c| Some((c.jit(), c.code_for(tb)?)));
+        let exit = match compiled {
+            Some((jit, block)) => {
+                if let Some((from, from_slot)) = edge {
+                    // SAFETY: the address is of a block this VM translated;
+                    // blocks stay allocated for the VM's lifetime (`chain`).
+                    let from = unsafe { &*(from as *const TranslationBlock) };
+                    self.tb_cache.chains().link(from, from_slot, tb, generation);
+                }
+                let r = jit::run(jit, &mut ctx, tb, block, self.signals.pending_word());
+                self.counts.runs_compiled += 1 + r.chained;
+                self.counts.guest_insns += r.chained_insns;
+                if let TbExit::Goto { slot, .. } = r.exit {
+                    self.unlinked_edge = Some((std::ptr::from_ref(r.last) as usize, slot));
+                }
+                r.exit
+            }
+            None => {
+                self.counts.runs_interpreted += 1;
+                bytecode::run(&mut ctx, code, &mut self.temps)
+            }
         };
         let requests = ctx.requests;
         if requests.reset {
@@ -387,6 +425,12 @@ impl TcgVcpu {
                 return e;
             }
         }
+    }
+}
+
+impl Drop for TcgVcpu {
+    fn drop(&mut self) {
+        self.counts.flush();
     }
 }
 

@@ -202,7 +202,7 @@ mod tests {
     #[test]
     fn device_dma_invalidates_translated_code() {
         let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let vm = TcgVm::new(&memory, &VmConfig { vcpus: 1 }, crate::tcg::JitPolicy::Hot(1)).unwrap();
+        let vm = TcgVm::new(&memory, &VmConfig { vcpus: 1 }, crate::tcg::JitPolicy::Always).unwrap();
         vm.code_pages.mark(0x20);
         vm.notify_guest_write(0x1f_ff8, 16); // straddles pages 0x1f and 0x20
         assert_eq!(vm.code_pages.take_invalidated(), vec![0x20]);

@@ -258,6 +258,11 @@ impl Code {
         self.num_temps
     }
 
+    /// Guest instructions in the block.
+    pub fn insn_count(&self) -> usize {
+        self.insns.len()
+    }
+
     /// Compiled ops (statistics).
     pub fn len(&self) -> usize {
         self.ops.len()

@@ -7,15 +7,21 @@
 use std::collections::BTreeSet;
 
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{types, AbiParam, Block, InstBuilder, MemFlagsData as ClMem, SigRef, Signature, Value};
+use cranelift_codegen::ir::{
+    types, AbiParam, Block, BlockArg, InstBuilder, MemFlagsData as ClMem, SigRef, Signature, Value,
+};
 use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::{FunctionBuilder, Variable};
+
+use std::mem::offset_of;
 
 use super::exit;
 use super::runtime::{self, offsets};
 use crate::tcg::bytecode::{Code, ExitKind2, X};
+use crate::tcg::chain::ChainLink;
 use crate::tcg::interp::env_access_ok;
-use crate::tcg::ir::{BinOp, Cond, ExtKind, MemSize, UnOp, MAX_HELPER_ARGS};
+use crate::tcg::ir::{BinOp, Cond, ExtKind, MemFlags, MemSize, UnOp, MAX_HELPER_ARGS};
+use crate::tcg::mmu::fast_tlb::{self, FastEntry};
 use crate::tcg::state::X86State;
 
 const I64: types::Type = types::I64;
@@ -27,6 +33,9 @@ struct Sigs {
     call: SigRef,
     divide: SigRef,
     store_env: SigRef,
+    code_written: SigRef,
+    /// A compiled block's (tail-called when chaining).
+    block: SigRef,
 }
 
 fn signature(call_conv: CallConv, params: usize, returns: bool) -> Signature {
@@ -48,7 +57,11 @@ struct Lowering<'f, 'b, 'c> {
     vars: Vec<Variable>,
     frame: Value,
     state: Value,
+    /// The fast TLB table (`*const FastEntry`).
+    tlb: Value,
     sigs: Sigs,
+    /// Address of the block's chain links (see [`crate::tcg::chain`]).
+    links: u64,
     /// Cranelift block of each op index that is a branch target.
     targets: Vec<Option<Block>>,
     /// Whether the current block already ended (code after it is dead).
@@ -57,7 +70,12 @@ struct Lowering<'f, 'b, 'c> {
 
 /// Builds the body of `code`'s function into `b` (whose signature is
 /// `(frame) -> exit code`).
-pub(super) fn lower(b: &mut FunctionBuilder<'_>, code: &Code, call_conv: CallConv) -> Result<(), Unsupported> {
+pub(super) fn lower(
+    b: &mut FunctionBuilder<'_>,
+    code: &Code,
+    call_conv: CallConv,
+    links: u64,
+) -> Result<(), Unsupported> {
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);
     b.switch_to_block(entry);
@@ -69,7 +87,10 @@ pub(super) fn lower(b: &mut FunctionBuilder<'_>, code: &Code, call_conv: CallCon
         call: b.import_signature(signature(call_conv, 2, true)),
         divide: b.import_signature(signature(call_conv, 3, true)),
         store_env: b.import_signature(signature(call_conv, 4, false)),
+        code_written: b.import_signature(signature(call_conv, 2, false)),
+        block: b.import_signature(super::block_signature()),
     };
+    let tlb = b.ins().load(I64, ClMem::trusted(), frame, offsets::TLB);
     let zero = b.ins().iconst(I64, 0);
     let vars: Vec<Variable> = (0..code.num_temps)
         .map(|_| {
@@ -89,7 +110,7 @@ pub(super) fn lower(b: &mut FunctionBuilder<'_>, code: &Code, call_conv: CallCon
         let slot = targets.get_mut(t).ok_or(Unsupported("branch out of the block"))?;
         *slot = Some(b.create_block());
     }
-    let mut l = Lowering { b, code, vars, frame, state, sigs, targets, terminated: false };
+    let mut l = Lowering { b, code, vars, frame, state, tlb, sigs, links, targets, terminated: false };
     for (i, x) in code.ops.iter().enumerate() {
         l.enter(i);
         l.op(*x)?;
@@ -348,11 +369,7 @@ impl Lowering<'_, '_, '_> {
             }
             X::Load { d, addr, insn, size, sign, flags } => {
                 let addr = self.get(addr);
-                let desc = self.imm(runtime::mem_desc(size, sign, flags));
-                let (sig, frame) = (self.sigs.load, self.frame);
-                let status = self.call_runtime(sig, runtime::load as *const () as usize, &[frame, addr, desc]);
-                self.exit_if(status.unwrap_or(addr), exit::fault(insn));
-                let v = self.frame_value();
+                let v = self.load(addr, insn, size, sign, flags);
                 self.set(d, v);
             }
             X::Store { s, addr, insn, size, flags } => {
@@ -403,6 +420,7 @@ impl Lowering<'_, '_, '_> {
             X::GotoTb { slot, pc } => {
                 let v = self.imm(pc);
                 self.b.ins().store(ClMem::trusted(), v, self.state, std::mem::offset_of!(X86State, rip) as i32);
+                self.chain(slot);
                 self.ret(exit::goto(slot));
             }
         }
@@ -421,12 +439,140 @@ impl Lowering<'_, '_, '_> {
         self.set(d, v);
     }
 
-    fn store(&mut self, v: Value, addr: u16, insn: u16, size: MemSize, flags: crate::tcg::ir::MemFlags) {
+    /// The fast TLB entry for `addr` and whether its tag at `tag_offset`
+    /// matches an access of `size` (aligned, so within the page).
+    fn fast_lookup(&mut self, addr: Value, size: MemSize, tag_offset: usize) -> (Value, Value) {
+        let ins = self.b.ins();
+        let page = ins.ushr_imm_u(addr, 12);
+        let index = self.b.ins().band_imm_u(page, (fast_tlb::FAST_ENTRIES - 1) as i64);
+        let offset = self.b.ins().imul_imm_u(index, fast_tlb::ENTRY_SIZE as i64);
+        let entry = self.b.ins().iadd(self.tlb, offset);
+        let tag = self.b.ins().load(I64, ClMem::trusted(), entry, tag_offset as i32);
+        let masked = self.b.ins().band_imm_s(addr, (!0xfffu64 | (size.bytes() as u64 - 1)) as i64);
+        let hit = self.b.ins().icmp(IntCC::Equal, masked, tag);
+        (entry, hit)
+    }
+
+    /// Host address of a fast-TLB hit.
+    fn host_address(&mut self, entry: Value, addr: Value) -> Value {
+        let addend = self.b.ins().load(I64, ClMem::trusted(), entry, std::mem::offset_of!(FastEntry, addend) as i32);
+        self.b.ins().iadd(addr, addend)
+    }
+
+    /// Guest-memory load: inline through the fast TLB, else the softmmu.
+    fn load(&mut self, addr: Value, insn: u16, size: MemSize, sign: bool, flags: MemFlags) -> Value {
+        let tag = if flags.contains(MemFlags::RMW) {
+            std::mem::offset_of!(FastEntry, write)
+        } else {
+            std::mem::offset_of!(FastEntry, read)
+        };
+        let (entry, hit) = self.fast_lookup(addr, size, tag);
+        let (fast, slow, join) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
+        self.b.append_block_param(join, I64);
+        self.b.ins().brif(hit, fast, &[], slow, &[]);
+
+        self.b.switch_to_block(fast);
+        let host = self.host_address(entry, addr);
+        // An atomic load: guest memory is shared with other vCPUs and
+        // devices, so Cranelift must not merge or drop the access.
+        let v = self.b.ins().atomic_load(narrow(size), ClMem::trusted(), host);
+        let v = match (size, sign) {
+            (MemSize::B8, _) => v,
+            (_, true) => self.b.ins().sextend(I64, v),
+            (_, false) => self.b.ins().uextend(I64, v),
+        };
+        self.b.ins().jump(join, &[BlockArg::Value(v)]);
+
+        self.b.switch_to_block(slow);
+        let desc = self.imm(runtime::mem_desc(size, sign, flags));
+        let (sig, frame) = (self.sigs.load, self.frame);
+        let status = self.call_runtime(sig, runtime::load as *const () as usize, &[frame, addr, desc]);
+        self.exit_if(status.unwrap_or(addr), exit::fault(insn));
+        let v = self.frame_value();
+        self.b.ins().jump(join, &[BlockArg::Value(v)]);
+
+        self.b.switch_to_block(join);
+        self.b.block_params(join)[0]
+    }
+
+    /// Guest-memory store: inline through the fast TLB (then the page's
+    /// "holds code" bit is checked, as the Rust store path does), else the
+    /// softmmu.
+    fn store(&mut self, v: Value, addr: u16, insn: u16, size: MemSize, flags: MemFlags) {
         let addr = self.get(addr);
+        let (entry, hit) = self.fast_lookup(addr, size, std::mem::offset_of!(FastEntry, write));
+        let (fast, slow, join) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
+        self.b.ins().brif(hit, fast, &[], slow, &[]);
+
+        self.b.switch_to_block(fast);
+        let host = self.host_address(entry, addr);
+        let narrow_v = if size == MemSize::B8 { v } else { self.b.ins().ireduce(narrow(size), v) };
+        self.b.ins().store(ClMem::trusted(), narrow_v, host, 0);
+        let word_ptr =
+            self.b.ins().load(I64, ClMem::trusted(), entry, std::mem::offset_of!(FastEntry, code_word) as i32);
+        let word = self.b.ins().load(I64, ClMem::trusted(), word_ptr, 0);
+        let page = self.b.ins().load(I64, ClMem::trusted(), entry, std::mem::offset_of!(FastEntry, page) as i32);
+        let bit = self.b.ins().ushr(word, page);
+        let code = self.b.ins().band_imm_u(bit, 1);
+        let notify = self.b.create_block();
+        self.b.ins().brif(code, notify, &[], join, &[]);
+        self.b.switch_to_block(notify);
+        let (sig, frame) = (self.sigs.code_written, self.frame);
+        self.call_runtime(sig, runtime::code_written as *const () as usize, &[frame, page]);
+        self.b.ins().jump(join, &[]);
+
+        self.b.switch_to_block(slow);
         let desc = self.imm(runtime::mem_desc(size, false, flags));
         let (sig, frame) = (self.sigs.store, self.frame);
         let status = self.call_runtime(sig, runtime::store as *const () as usize, &[frame, addr, v, desc]);
         self.exit_if(status.unwrap_or(addr), exit::fault(insn));
+        self.b.ins().jump(join, &[]);
+
+        self.b.switch_to_block(join);
+    }
+
+    /// Tail-calls the block `slot` is linked to, if the link is live, the
+    /// budget not spent and no signal pending; falls through otherwise.
+    fn chain(&mut self, slot: u8) {
+        let exit = self.b.create_block();
+        let link_addr = self.imm(self.links + 8 * u64::from(slot));
+        let link = self.b.ins().atomic_load(I64, ClMem::trusted(), link_addr);
+        let no_link = self.b.ins().icmp_imm_u(IntCC::Equal, link, 0);
+        self.continue_unless(no_link, exit);
+        let budget = self.b.ins().load(I64, ClMem::trusted(), self.frame, offsets::BUDGET);
+        let spent = self.b.ins().icmp_imm_u(IntCC::Equal, budget, 0);
+        self.continue_unless(spent, exit);
+        let signals = self.b.ins().load(I64, ClMem::trusted(), self.frame, offsets::SIGNALS);
+        let pending = self.b.ins().atomic_load(types::I32, ClMem::trusted(), signals);
+        self.continue_unless(pending, exit);
+        let generation = self.b.ins().load(I64, ClMem::trusted(), self.frame, offsets::GENERATION);
+        let now = self.b.ins().atomic_load(I64, ClMem::trusted(), generation);
+        let field = |f: usize| f as i32;
+        let valid_at = self.b.ins().load(I64, ClMem::trusted(), link, field(offset_of!(ChainLink, generation)));
+        let stale = self.b.ins().icmp(IntCC::NotEqual, now, valid_at);
+        self.continue_unless(stale, exit);
+        let left = self.b.ins().iadd_imm_s(budget, -1);
+        self.b.ins().store(ClMem::trusted(), left, self.frame, offsets::BUDGET);
+        self.b.ins().store(ClMem::trusted(), now, self.frame, offsets::GENERATION_START);
+        for (from, to) in [(offset_of!(ChainLink, tb), offsets::TB), (offset_of!(ChainLink, code), offsets::CODE)] {
+            let v = self.b.ins().load(I64, ClMem::trusted(), link, field(from));
+            self.b.ins().store(ClMem::trusted(), v, self.frame, to);
+        }
+        let insns = self.b.ins().load(I64, ClMem::trusted(), link, field(offset_of!(ChainLink, insns)));
+        let total = self.b.ins().load(I64, ClMem::trusted(), self.frame, offsets::CHAINED_INSNS);
+        let total = self.b.ins().iadd(total, insns);
+        self.b.ins().store(ClMem::trusted(), total, self.frame, offsets::CHAINED_INSNS);
+        let func = self.b.ins().load(I64, ClMem::trusted(), link, field(offset_of!(ChainLink, func)));
+        let sig = self.sigs.block;
+        self.b.ins().return_call_indirect(sig, func, &[self.frame]);
+        self.b.switch_to_block(exit);
+    }
+
+    /// Goes on in a new block when `cond` is zero, else jumps to `out`.
+    fn continue_unless(&mut self, cond: Value, out: Block) {
+        let next = self.b.create_block();
+        self.b.ins().brif(cond, out, &[], next, &[]);
+        self.b.switch_to_block(next);
     }
 
     fn target(&self, to: u32) -> Result<Block, Unsupported> {

@@ -1,26 +1,30 @@
 //! The JIT: hot translation blocks compiled to host code with Cranelift
 //! (QEMU's TCG backend in spirit). A block is interpreted until it has run
-//! [`HOT_THRESHOLD`] times, then compiled once for the whole VM; both forms
+//! [`HOT_THRESHOLD`] times, then compiled once for the whole VM, on the
+//! JIT's own thread, and linked to its successors (`super::chain`); both forms
 //! run the same optimised ops ([`super::bytecode`]) with the same
 //! precise-exception and self-modifying-code rules, so a block may switch
 //! from one to the other at any entry.
 //!
+//! - `compiler`: when blocks are compiled (a thread of its own).
 //! - `lower`: block ops → Cranelift IR.
 //! - `runtime`: the frame and the `extern "C"` entry points compiled code
 //!   calls (softmmu loads and stores, helpers).
 //!
 //! Compiled code is never freed while the VM lives (blocks dropped by
 //! self-modifying code leave theirs behind, as QEMU's code buffer does
-//! until it is flushed); its size is logged with the statistics.
+//! until it is flushed); its size is counted in [`super::stats`].
 
+mod compiler;
 mod lower;
 mod runtime;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+pub use compiler::Compiler;
+
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
-use cranelift_codegen::ir::{types, AbiParam, UserFuncName};
+use cranelift_codegen::ir::{types, AbiParam, InstBuilder, Signature, UserFuncName};
 use cranelift_codegen::isa::{CallConv, OwnedTargetIsa};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
@@ -28,15 +32,18 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Module};
 
 use super::bytecode::Code;
+use super::chain::CHAIN_BUDGET;
 use super::context::CpuContext;
 use super::exception::Exception;
 use super::interp::TbExit;
-use runtime::{BlockFn, JitFrame};
+use super::stats::{self, Counter};
+use super::tb_cache::TranslationBlock;
+use runtime::{JitFrame, Trampoline};
 
 /// Runs of a block before it is compiled: most blocks run a few times
 /// (boot code, one-off initialisation); compiling them would cost more
 /// than interpreting them.
-pub const HOT_THRESHOLD: u32 = 24;
+pub const HOT_THRESHOLD: u32 = 200;
 
 /// Exit codes a compiled block returns: kind in the low byte, then the
 /// guest instruction index, then an exception index.
@@ -67,13 +74,14 @@ mod exit {
     }
 }
 
-/// A compiled block's entry point.
-#[derive(Clone, Copy)]
-pub struct CompiledBlock(BlockFn);
+/// A compiled block's entry point (Cranelift's `tail` calling convention,
+/// entered through the JIT's trampoline).
+#[derive(Debug, Clone, Copy)]
+pub struct CompiledBlock(u64);
 
-impl std::fmt::Debug for CompiledBlock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CompiledBlock({:p})", self.0 as *const u8)
+impl CompiledBlock {
+    pub fn entry(self) -> u64 {
+        self.0
     }
 }
 
@@ -88,20 +96,13 @@ pub enum JitError {
     Codegen(String),
 }
 
-/// Counters for the statistics line.
-#[derive(Debug, Default)]
-pub struct JitStats {
-    pub compiled: AtomicU64,
-    pub failed: AtomicU64,
-    pub compile_ns: AtomicU64,
-    pub code_bytes: AtomicU64,
-}
-
 /// The VM's JIT: one Cranelift module that owns all compiled code.
 pub struct Jit {
     module: Mutex<JitModule>,
+    /// The host's C calling convention (runtime entry points).
     call_conv: CallConv,
-    pub stats: JitStats,
+    /// Enters a block from Rust: `(frame, entry) -> exit code`.
+    trampoline: Trampoline,
 }
 
 struct JitModule {
@@ -118,10 +119,12 @@ impl Jit {
     pub fn new() -> Result<Jit, JitError> {
         let mut flags = settings::builder();
         for (k, v) in [
-            ("opt_level", "speed"),
+            ("opt_level", "none"),
             ("is_pic", "false"),
             ("use_colocated_libcalls", "false"),
             ("enable_verifier", "false"),
+            // Cranelift's x64 tail calls (chaining) need frame pointers.
+            ("preserve_frame_pointers", "true"),
         ] {
             flags.set(k, v).map_err(|e| JitError::Host(e.to_string()))?;
         }
@@ -132,38 +135,33 @@ impl Jit {
         let call_conv = isa.default_call_conv();
         let module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
         let ctx = module.make_context();
-        Ok(Jit {
-            module: Mutex::new(JitModule { module, ctx, builder: FunctionBuilderContext::new() }),
-            call_conv,
-            stats: JitStats::default(),
-        })
+        let mut m = JitModule { module, ctx, builder: FunctionBuilderContext::new() };
+        let trampoline = m.trampoline(call_conv)?;
+        Ok(Jit { module: Mutex::new(m), call_conv, trampoline })
     }
 
-    /// Compiles `code` to host code.
-    pub fn compile(&self, code: &Code) -> Result<CompiledBlock, JitError> {
+    /// Compiles `code` to host code; its direct jumps chain through the
+    /// block's links at `links` (see [`super::chain`]).
+    pub fn compile(&self, code: &Code, links: u64) -> Result<CompiledBlock, JitError> {
         let start = Instant::now();
-        let result = self.compile_locked(code);
-        let s = &self.stats;
-        match &result {
-            Ok(_) => s.compiled.fetch_add(1, Ordering::Relaxed),
-            Err(_) => s.failed.fetch_add(1, Ordering::Relaxed),
-        };
-        s.compile_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let result = self.compile_locked(code, links);
+        if result.is_ok() {
+            stats::add(Counter::BlocksCompiled, 1);
+        }
+        stats::add(Counter::CompileNs, start.elapsed().as_nanos() as u64);
         result
     }
 
-    fn compile_locked(&self, code: &Code) -> Result<CompiledBlock, JitError> {
+    fn compile_locked(&self, code: &Code, links: u64) -> Result<CompiledBlock, JitError> {
         let mut guard = self.module.lock().unwrap_or_else(PoisonError::into_inner);
         let JitModule { module, ctx, builder } = &mut *guard;
         module.clear_context(ctx);
-        ctx.func.signature.call_conv = self.call_conv;
-        ctx.func.signature.params.push(AbiParam::new(types::I64));
-        ctx.func.signature.returns.push(AbiParam::new(types::I64));
+        ctx.func.signature = block_signature();
         ctx.func.name = UserFuncName::default();
         let frontend = module.isa().frontend_config();
         {
             let mut b = FunctionBuilder::new(&mut ctx.func, builder);
-            if let Err(lower::Unsupported(why)) = lower::lower(&mut b, code, self.call_conv) {
+            if let Err(lower::Unsupported(why)) = lower::lower(&mut b, code, self.call_conv, links) {
                 // Only `finalize` resets the builder state: start afresh.
                 *builder = FunctionBuilderContext::new();
                 return Err(JitError::Unsupported(why));
@@ -174,35 +172,115 @@ impl Jit {
             module.declare_anonymous_function(&ctx.func.signature).map_err(|e| JitError::Codegen(e.to_string()))?;
         module.define_function(id, ctx).map_err(|e| JitError::Codegen(format!("{e:?}")))?;
         if let Some(c) = ctx.compiled_code() {
-            self.stats.code_bytes.fetch_add(c.code_buffer().len() as u64, Ordering::Relaxed);
+            stats::add(Counter::JitCodeBytes, c.code_buffer().len() as u64);
         }
         module.clear_context(ctx);
         module.finalize_definitions().map_err(|e| JitError::Codegen(e.to_string()))?;
-        let ptr = module.get_finalized_function(id);
-        // SAFETY: `ptr` is the entry of the function just defined with the
-        // signature `BlockFn` describes (one pointer in, one u64 out, the
-        // ISA's default calling convention = extern "C" on this host).
-        let f = unsafe { std::mem::transmute::<*const u8, BlockFn>(ptr) };
-        Ok(CompiledBlock(f))
+        Ok(CompiledBlock(module.get_finalized_function(id) as u64))
     }
 }
 
-/// Runs a compiled block; the same contract as [`super::bytecode::run`].
-pub fn run(ctx: &mut CpuContext<'_>, code: &Code, block: CompiledBlock) -> TbExit {
+/// Blocks take the frame and return an exit code, in Cranelift's `tail`
+/// convention so that chained jumps are tail calls (no stack growth).
+pub(super) fn block_signature() -> Signature {
+    let mut s = Signature::new(CallConv::Tail);
+    s.params.push(AbiParam::new(types::I64));
+    s.returns.push(AbiParam::new(types::I64));
+    s
+}
+
+impl JitModule {
+    /// Compiles the trampoline that calls a block from Rust.
+    fn trampoline(&mut self, call_conv: CallConv) -> Result<Trampoline, JitError> {
+        let JitModule { module, ctx, builder } = self;
+        module.clear_context(ctx);
+        ctx.func.signature = Signature::new(call_conv);
+        ctx.func.signature.params.extend([AbiParam::new(types::I64), AbiParam::new(types::I64)]);
+        ctx.func.signature.returns.push(AbiParam::new(types::I64));
+        let frontend = module.isa().frontend_config();
+        {
+            let mut b = FunctionBuilder::new(&mut ctx.func, builder);
+            let entry = b.create_block();
+            b.append_block_params_for_function_params(entry);
+            b.switch_to_block(entry);
+            let (frame, f) = (b.block_params(entry)[0], b.block_params(entry)[1]);
+            let sig = b.import_signature(block_signature());
+            let call = b.ins().call_indirect(sig, f, &[frame]);
+            let r = b.inst_results(call)[0];
+            b.ins().return_(&[r]);
+            b.seal_all_blocks();
+            b.finalize(frontend);
+        }
+        let id =
+            module.declare_anonymous_function(&ctx.func.signature).map_err(|e| JitError::Codegen(e.to_string()))?;
+        module.define_function(id, ctx).map_err(|e| JitError::Codegen(format!("{e:?}")))?;
+        module.clear_context(ctx);
+        module.finalize_definitions().map_err(|e| JitError::Codegen(e.to_string()))?;
+        let ptr = module.get_finalized_function(id);
+        // SAFETY: `ptr` is the entry of the function just defined, whose
+        // signature (two 64-bit integers in, one out, the host's C calling
+        // convention) is `Trampoline`'s.
+        Ok(unsafe { std::mem::transmute::<*const u8, Trampoline>(ptr) })
+    }
+}
+
+/// How a run of compiled code ended.
+pub struct ChainExit<'t> {
+    pub exit: TbExit,
+    /// The block that exited (the entered one, or one chained to).
+    pub last: &'t TranslationBlock,
+    /// Blocks entered by chaining, and their guest instructions.
+    pub chained: u64,
+    pub chained_insns: u64,
+}
+
+/// Runs compiled block `tb` (`block` is its entry) and whatever it chains
+/// to; the exit has [`super::bytecode::run`]'s contract for the block
+/// that exited. `signals` is the vCPU's pending-signal word.
+pub fn run<'t>(
+    jit: &Jit,
+    ctx: &mut CpuContext<'_>,
+    tb: &'t TranslationBlock,
+    block: CompiledBlock,
+    signals: *const u32,
+) -> ChainExit<'t> {
     let start_rip = ctx.state.rip;
     let generation_start = ctx.code_pages.generation();
     let generation = ctx.code_pages.generation_ptr();
+    let tlb = ctx.mem.fast_table(ctx.state);
     let state = std::ptr::from_mut(ctx.state).cast::<u8>();
-    let mut frame =
-        JitFrame { state, generation, generation_start, value: 0, args: [0; 4], ctx, code, exception: None };
-    // SAFETY: the block was compiled from `code` (the caller passes the
-    // pair stored together in one translation block); it accesses the
-    // state only inside the ranges `env_access_ok` allows, and everything
-    // else through the runtime entry points with this frame, which lives
-    // across the call. Rust code never holds a reference into the state
-    // while compiled code runs: helpers reborrow it from the frame.
-    let result = unsafe { (block.0)(&mut frame) };
+    let mut frame = JitFrame {
+        state,
+        generation,
+        generation_start,
+        value: 0,
+        tlb,
+        args: [0; 4],
+        budget: CHAIN_BUDGET,
+        signals,
+        tb,
+        code: tb.code(),
+        chained_insns: 0,
+        ctx,
+        exception: None,
+    };
+    // SAFETY: `block` is `tb`'s compiled code, entered through the
+    // trampoline with the calling convention it was compiled for. It
+    // accesses the state only inside the ranges `env_access_ok` allows,
+    // guest RAM through fast-TLB entries (host pages of guest memory, which
+    // outlives the VM's blocks), and everything else through the runtime
+    // entry points with this frame, which lives across the call. Rust code
+    // holds no reference into the state while compiled code runs: helpers
+    // reborrow it from the frame. Chained blocks are live (see `chain`).
+    let result = unsafe { (jit.trampoline)(&mut frame, block.entry()) };
+    // SAFETY: the frame's block pointer is `tb` or a chained block, and
+    // blocks stay allocated for the VM's lifetime.
+    let last: &'t TranslationBlock = unsafe { &*frame.tb };
+    let code = last.code();
+    let chained = CHAIN_BUDGET - frame.budget;
+    let chained_insns = frame.chained_insns;
     let exception = frame.exception.take();
+    let ctx = frame.ctx;
     let (kind, index, exc) = exit::decode(result);
     let insn = |i: u16| code.insns.get(usize::from(i)).copied().unwrap_or((start_rip, 0));
     let fault = |ctx: &mut CpuContext<'_>, exception: Exception, i: u16| {
@@ -210,34 +288,22 @@ pub fn run(ctx: &mut CpuContext<'_>, code: &Code, block: CompiledBlock) -> TbExi
         ctx.state.rip = pc;
         TbExit::Exception { exception, pc, next_pc: pc.wrapping_add(u64::from(len)) }
     };
-    match kind {
+    let exit = match kind {
         exit::LOOKUP => TbExit::Lookup,
         exit::HALT => TbExit::Halt,
-        exit::GOTO => TbExit::Goto { slot: index as u8, pc: frame.ctx.state.rip },
-        exit::FAULT => fault(frame.ctx, exception.unwrap_or_else(Exception::ud), index),
+        exit::GOTO => TbExit::Goto { slot: index as u8, pc: ctx.state.rip },
+        exit::FAULT => fault(ctx, exception.unwrap_or_else(Exception::ud), index),
         exit::SMC => {
-            frame.ctx.state.rip = insn(index).0;
+            ctx.state.rip = insn(index).0;
             TbExit::Lookup
         }
         _ => {
             let e = code.raises.get(usize::from(exc)).copied().unwrap_or_else(Exception::ud);
-            fault(frame.ctx, e, index)
+            fault(ctx, e, index)
         }
-    }
+    };
+    ChainExit { exit, last, chained, chained_insns }
 }
 
 #[cfg(test)]
 mod tests;
-
-impl Drop for Jit {
-    fn drop(&mut self) {
-        let s = &self.stats;
-        log::debug!(
-            "TCG JIT: {} blocks compiled ({} declined) in {} ms, {} KiB of host code",
-            s.compiled.load(Ordering::Relaxed),
-            s.failed.load(Ordering::Relaxed),
-            s.compile_ns.load(Ordering::Relaxed) / 1_000_000,
-            s.code_bytes.load(Ordering::Relaxed) / 1024
-        );
-    }
-}

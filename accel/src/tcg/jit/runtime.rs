@@ -10,7 +10,9 @@ use crate::tcg::context::CpuContext;
 use crate::tcg::exception::Exception;
 use crate::tcg::interp::{bin, st_env, stack_fault};
 use crate::tcg::ir::{BinOp, MemFlags, MemSize, MAX_HELPER_ARGS};
+use crate::tcg::mmu::fast_tlb::FastEntry;
 use crate::tcg::mmu::{Access, Privilege};
+use crate::tcg::tb_cache::TranslationBlock;
 
 /// A block's run-time frame; compiled code reaches its fields by offset.
 #[repr(C)]
@@ -23,12 +25,31 @@ pub(super) struct JitFrame<'c, 'a> {
     pub(super) generation_start: u64,
     /// Results of out-of-line operations.
     pub(super) value: u64,
+    /// The fast TLB table for the block's privilege (a block runs at one CPL).
+    pub(super) tlb: *const FastEntry,
     /// Helper-call arguments, stored by the block before the call.
     pub(super) args: [u64; MAX_HELPER_ARGS],
+    /// Chained jumps left before the chain must return to the vCPU loop.
+    pub(super) budget: u64,
+    /// The vCPU's pending-signal word: non-zero stops chaining.
+    pub(super) signals: *const u32,
+    /// The running block and its code (chaining updates them).
+    pub(super) tb: *const TranslationBlock,
+    pub(super) code: *const Code,
+    /// Guest instructions of the blocks entered by chaining (statistics).
+    pub(super) chained_insns: u64,
     pub(super) ctx: &'c mut CpuContext<'a>,
-    pub(super) code: &'c Code,
     /// The exception an entry point returned status 1 for.
     pub(super) exception: Option<Exception>,
+}
+
+impl JitFrame<'_, '_> {
+    /// The running block's code.
+    pub(super) fn code(&self) -> &Code {
+        // SAFETY: `code` points into a translation block, and blocks stay
+        // allocated for the VM's lifetime (see `chain`).
+        unsafe { &*self.code }
+    }
 }
 
 /// Field offsets compiled code uses.
@@ -39,11 +60,17 @@ pub(super) mod offsets {
     pub const GENERATION: i32 = offset_of!(JitFrame<'static, 'static>, generation) as i32;
     pub const GENERATION_START: i32 = offset_of!(JitFrame<'static, 'static>, generation_start) as i32;
     pub const VALUE: i32 = offset_of!(JitFrame<'static, 'static>, value) as i32;
+    pub const TLB: i32 = offset_of!(JitFrame<'static, 'static>, tlb) as i32;
+    pub const BUDGET: i32 = offset_of!(JitFrame<'static, 'static>, budget) as i32;
+    pub const SIGNALS: i32 = offset_of!(JitFrame<'static, 'static>, signals) as i32;
+    pub const TB: i32 = offset_of!(JitFrame<'static, 'static>, tb) as i32;
+    pub const CODE: i32 = offset_of!(JitFrame<'static, 'static>, code) as i32;
+    pub const CHAINED_INSNS: i32 = offset_of!(JitFrame<'static, 'static>, chained_insns) as i32;
     pub const ARGS: i32 = offset_of!(JitFrame<'static, 'static>, args) as i32;
 }
 
-/// The signature of a compiled block.
-pub(super) type BlockFn = unsafe extern "C" fn(frame: *mut JitFrame<'_, '_>) -> u64;
+/// The trampoline that enters compiled block `entry` with `frame`.
+pub(super) type Trampoline = unsafe extern "C" fn(frame: *mut JitFrame<'_, '_>, entry: u64) -> u64;
 
 /// Packs a memory access's shape into one argument.
 pub(super) fn mem_desc(size: MemSize, sign: bool, flags: MemFlags) -> u64 {
@@ -64,6 +91,7 @@ pub(super) extern "C" fn load(frame: *mut JitFrame<'_, '_>, addr: u64, desc: u64
     let ctx = &mut *frame.ctx;
     match ctx.mem.read(ctx.state, addr, size, access, Privilege::Current) {
         Ok(v) => {
+            ctx.mem.fill_fast(ctx.state, addr, access);
             frame.value = if sign {
                 let shift = 64 - 8 * size as u32;
                 (((v << shift) as i64) >> shift) as u64
@@ -86,7 +114,10 @@ pub(super) extern "C" fn store(frame: *mut JitFrame<'_, '_>, addr: u64, value: u
     let (size, _, flags) = unpack(desc);
     let ctx = &mut *frame.ctx;
     match ctx.mem.write(ctx.state, addr, size, value, Privilege::Current) {
-        Ok(()) => 0,
+        Ok(()) => {
+            ctx.mem.fill_fast(ctx.state, addr, Access::Write);
+            0
+        }
         Err(e) => {
             frame.exception = Some(stack_fault(e, flags, addr, size));
             1
@@ -94,11 +125,19 @@ pub(super) extern "C" fn store(frame: *mut JitFrame<'_, '_>, addr: u64, value: u
     }
 }
 
+/// A compiled store hit a page whose "holds code" bit is set: the Rust
+/// store path's invalidation.
+pub(super) extern "C" fn code_written(frame: *mut JitFrame<'_, '_>, page: u64) {
+    // SAFETY: as in `load`.
+    let frame = unsafe { &mut *frame };
+    frame.ctx.code_pages.notify_page(page);
+}
+
 /// Helper call `site` of the block's code, arguments in `frame.args`.
 pub(super) extern "C" fn call(frame: *mut JitFrame<'_, '_>, site: u64) -> u64 {
     // SAFETY: as in `load`.
     let frame = unsafe { &mut *frame };
-    let Some(c) = frame.code.calls.get(site as usize) else {
+    let Some(c) = frame.code().calls.get(site as usize).cloned() else {
         frame.exception = Some(Exception::ud());
         return 1;
     };

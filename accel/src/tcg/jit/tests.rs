@@ -4,13 +4,15 @@
 use std::mem::offset_of;
 
 use super::{run, Jit};
-use crate::tcg::bytecode::{self, Code};
+use std::sync::atomic::AtomicU32;
+
 use crate::tcg::context::CpuContext;
 use crate::tcg::exception::{Exception, Result as ExcResult};
 use crate::tcg::interp::{bin, ext, un, TbExit};
 use crate::tcg::ir::{BinOp, Cond, ExitKind, ExtKind, Helper, Label, MemFlags, MemSize, Op, StateParts, Temp, UnOp};
 use crate::tcg::mmu::CodePages;
 use crate::tcg::state::X86State;
+use crate::tcg::tb_cache::TranslationBlock;
 use crate::tcg::test_support::{Flat, NoIo};
 
 const RAX: u32 = offset_of!(X86State, gpr) as u32;
@@ -32,16 +34,21 @@ const VALUES: [u64; 12] = [
     0x1234_5678_9abc_def0,
 ];
 
-fn compile(ops: &[Op], num_temps: usize, labels: &[usize]) -> (Code, super::CompiledBlock) {
-    let code = bytecode::compile(ops, num_temps, labels);
-    let jit = Jit::new().expect("Cranelift supports this host");
-    let block = jit.compile(&code).expect("block compiles");
-    // Compiled code lives as long as its module: keep it for the test.
-    std::mem::forget(jit);
-    (code, block)
+/// A block compiled on its own (no chaining).
+struct Compiled {
+    jit: Jit,
+    tb: TranslationBlock,
 }
 
-fn exec(state: &mut X86State, mem: &mut Flat, code: &Code, block: super::CompiledBlock) -> TbExit {
+fn compile(ops: &[Op], num_temps: usize, labels: &[usize]) -> Compiled {
+    let jit = Jit::new().expect("Cranelift supports this host");
+    let tb = TranslationBlock::new(0, 0, 0, 0, vec![0], 1, ops.to_vec(), num_temps, labels.to_vec());
+    assert!(tb.compile_with(&jit).is_some(), "block compiles");
+    Compiled { jit, tb }
+}
+
+fn exec(state: &mut X86State, mem: &mut Flat, c: &Compiled) -> TbExit {
+    let no_signals = AtomicU32::new(0);
     let code_pages = CodePages::with_pages(0);
     let mut ctx = CpuContext {
         state,
@@ -53,12 +60,13 @@ fn exec(state: &mut X86State, mem: &mut Flat, code: &Code, block: super::Compile
         vcpus: 1,
         apic: None,
     };
-    run(&mut ctx, code, block)
+    let block = c.tb.compile_with(&c.jit).expect("compiled");
+    run(&c.jit, &mut ctx, &c.tb, block, no_signals.as_ptr()).exit
 }
 
 /// `RAX = f(RAX, RCX)` for one operation, operands loaded from the state so
 /// that nothing is folded at compile time.
-fn binary(op: impl Fn(Temp, Temp, Temp) -> Op) -> (Code, super::CompiledBlock) {
+fn binary(op: impl Fn(Temp, Temp, Temp) -> Op) -> Compiled {
     let (a, b, d) = (Temp(0), Temp(1), Temp(2));
     let ops = vec![
         Op::InsnStart { pc: 0x100, len: 1 },
@@ -71,11 +79,11 @@ fn binary(op: impl Fn(Temp, Temp, Temp) -> Op) -> (Code, super::CompiledBlock) {
     compile(&ops, 3, &[])
 }
 
-fn eval(code: &(Code, super::CompiledBlock), a: u64, b: u64) -> u64 {
+fn eval(code: &Compiled, a: u64, b: u64) -> u64 {
     let mut s = X86State::reset();
     s.gpr[0] = a;
     s.gpr[1] = b;
-    assert_eq!(exec(&mut s, &mut Flat(vec![]), &code.0, code.1), TbExit::Lookup);
+    assert_eq!(exec(&mut s, &mut Flat(vec![]), code), TbExit::Lookup);
     s.gpr[0]
 }
 
@@ -127,12 +135,12 @@ fn narrow_env_stores_keep_the_other_bytes() {
         Op::StEnv { src: Temp(0), offset: RDX + 4, size: MemSize::B2 },
         Op::GotoTb { slot: 1, pc: 0x40 },
     ];
-    let (code, block) = compile(&ops, 1, &[]);
+    let block = compile(&ops, 1, &[]);
     let mut s = X86State::reset();
     s.gpr[0] = 0x1111_2222_3333_4444;
     s.gpr[1] = 0xaabb;
     s.gpr[2] = u64::MAX;
-    assert_eq!(exec(&mut s, &mut Flat(vec![]), &code, block), TbExit::Goto { slot: 1, pc: 0x40 });
+    assert_eq!(exec(&mut s, &mut Flat(vec![]), &block), TbExit::Goto { slot: 1, pc: 0x40 });
     assert_eq!((s.gpr[0], s.gpr[2], s.rip), (0x1111_2222_3333_bb44, 0xffff_aabb_ffff_ffff, 0x40));
     assert_eq!(eval(&c, 5, 0), 5);
 }
@@ -159,11 +167,11 @@ fn a_loop_then_a_faulting_store_leaves_rip_at_the_store() {
         Op::StEnv { src: i, offset: RCX, size: MemSize::B8 },
         Op::ExitTb { kind: ExitKind::Lookup },
     ];
-    let (code, block) = compile(&ops, 5, &[4]);
+    let block = compile(&ops, 5, &[4]);
     let mut s = X86State::reset();
     s.gpr[1] = 10;
     s.gpr[2] = 0x10_0000;
-    let exit = exec(&mut s, &mut Flat(vec![0; 0x1000]), &code, block);
+    let exit = exec(&mut s, &mut Flat(vec![0; 0x1000]), &block);
     assert_eq!(s.gpr[0], 55);
     assert_eq!(s.rip, 0x103, "RIP of the faulting instruction");
     assert!(matches!(exit, TbExit::Exception { exception, pc: 0x103, next_pc: 0x107 } if exception.vector == 14));
@@ -173,7 +181,7 @@ fn a_loop_then_a_faulting_store_leaves_rip_at_the_store() {
     s.gpr[1] = 400;
     s.gpr[2] = 0x10;
     let mut mem = Flat(vec![0; 0x1000]);
-    assert_eq!(exec(&mut s, &mut mem, &code, block), TbExit::Lookup);
+    assert_eq!(exec(&mut s, &mut mem, &block), TbExit::Lookup);
     assert_eq!(s.gpr[0], 80_200);
     assert_eq!(&mem.0[0x10..0x14], &80_200u32.to_le_bytes());
     assert_eq!(s.gpr[1], 80_200u64 as u16 as i16 as i64 as u64);
@@ -206,15 +214,15 @@ fn helper_calls_return_values_and_faults() {
         Op::InsnStart { pc: 0x202, len: 2 },
         Op::ExitTb { kind: ExitKind::Raise(Exception::ud()) },
     ];
-    let (code, block) = compile(&ops, 3, &[]);
+    let block = compile(&ops, 3, &[]);
     let mut s = X86State::reset();
     (s.gpr[0], s.gpr[1]) = (40, 2);
-    let exit = exec(&mut s, &mut Flat(vec![]), &code, block);
+    let exit = exec(&mut s, &mut Flat(vec![]), &block);
     assert_eq!(s.gpr[2], 42);
     assert_eq!(exit, TbExit::Exception { exception: Exception::ud(), pc: 0x202, next_pc: 0x204 });
     let mut s = X86State::reset();
     (s.gpr[0], s.gpr[1]) = (40, 0);
-    let exit = exec(&mut s, &mut Flat(vec![]), &code, block);
+    let exit = exec(&mut s, &mut Flat(vec![]), &block);
     assert_eq!((s.gpr[2], s.rip), (X86State::reset().gpr[2], 0x200), "nothing of the faulting instruction");
     assert_eq!(exit, TbExit::Exception { exception: Exception::gp0(), pc: 0x200, next_pc: 0x202 });
 }

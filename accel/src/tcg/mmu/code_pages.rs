@@ -166,6 +166,14 @@ impl CodePages {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// The address of the word holding page `page`'s bit (bit `page % 64`),
+    /// for compiled stores that check it inline; pages outside the map get
+    /// a word that is always zero.
+    pub fn word_ptr(&self, page: u64) -> *const u64 {
+        static NO_CODE: AtomicU64 = AtomicU64::new(0);
+        self.slot(page).map_or(NO_CODE.as_ptr(), |(word, _)| word.as_ptr())
+    }
+
     /// Where [`Self::generation`] lives, for compiled code that reads it
     /// directly (an aligned 8-byte load: atomic, and acquire on x86).
     pub fn generation_ptr(&self) -> *const u64 {

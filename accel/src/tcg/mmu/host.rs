@@ -40,6 +40,11 @@ impl HostPage {
         HostPage(ptr)
     }
 
+    /// The frame's host address (for the fast TLB of compiled code).
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.0.as_ptr()
+    }
+
     /// The host address of `[off, off + len)`, if inside the page.
     fn at(&self, off: usize, len: usize) -> Option<*mut u8> {
         (off.checked_add(len)? <= PAGE).then(|| self.0.as_ptr().wrapping_add(off))

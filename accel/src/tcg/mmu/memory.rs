@@ -11,10 +11,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use vm_memory::GuestMemoryMmap;
 
 use super::code_pages::CodePages;
+use super::fast_tlb::{FastEntry, FastTlb};
 use super::host::HostPage;
 use super::phys::PhysMemory;
 use super::tlb::{SoftTlb, TlbEntry};
-use super::walker::{self, Checker, PAGE_OFFSET, PAGE_SIZE};
+use super::walker::{self, Checker, Rights, PAGE_OFFSET, PAGE_SIZE};
 use super::{Access, LinearMemory, Privilege};
 use crate::tcg::exception::{Exception, Result};
 use crate::tcg::state::{ctrl, X86State};
@@ -48,11 +49,13 @@ struct Piece {
 pub struct CpuMemory {
     phys: PhysMemory,
     tlb: SoftTlb,
+    /// What compiled code reads inline; a subset of `tlb`.
+    fast: FastTlb,
 }
 
 impl CpuMemory {
     pub fn new(mem: GuestMemoryMmap, ops: Arc<dyn VmOps>, code_pages: Arc<CodePages>) -> Self {
-        CpuMemory { phys: PhysMemory::new(mem, ops, code_pages), tlb: SoftTlb::new() }
+        CpuMemory { phys: PhysMemory::new(mem, ops, code_pages), tlb: SoftTlb::new(), fast: FastTlb::default() }
     }
 
     /// Physical access (page walker, DMA-style users, debugging).
@@ -72,17 +75,50 @@ impl CpuMemory {
     /// See [`SoftTlb::flush_all`].
     pub fn flush_all(&mut self) {
         self.tlb.flush_all();
+        self.fast.flush_all();
     }
 
     /// See [`SoftTlb::flush_nonglobal`].
     pub fn flush_nonglobal(&mut self) {
         self.tlb.flush_nonglobal();
+        self.fast.flush_all();
     }
 
     /// See [`SoftTlb::flush_page`]. `linear` as for accesses (32 bits
     /// outside long mode).
     pub fn flush_page(&mut self, linear: u64) {
-        self.tlb.flush_page(linear);
+        if self.tlb.flush_page(linear) {
+            self.fast.flush_all();
+        } else {
+            self.fast.flush_page(linear);
+        }
+    }
+
+    /// The fast TLB table for the current privilege class.
+    pub fn fast_table(&self, state: &X86State) -> *const FastEntry {
+        self.fast.table(state.cpl() == 3)
+    }
+
+    /// After an access of kind `access` at `linear` succeeded: lets compiled
+    /// code repeat such accesses to its page inline when the page is plain
+    /// RAM and the cached rights allow it without further checks (SMAP's
+    /// dependence on RFLAGS.AC keeps user pages out of the supervisor table).
+    pub fn fill_fast(&mut self, state: &X86State, linear: u64, access: Access) {
+        let linear = Self::linear(state, linear);
+        let Some(e) = self.tlb.lookup(linear) else { return };
+        let Some(host) = e.host else { return };
+        if !Checker::new(state, access, Privilege::Current).hits(e.rights) {
+            return;
+        }
+        let user = state.cpl() == 3;
+        let smap = state.cr0 & ctrl::CR0_PG != 0 && state.cr4 & ctrl::CR4_SMAP != 0;
+        if !user && smap && e.rights.has(Rights::USER) {
+            return;
+        }
+        let phys_page = e.phys_page / PAGE_SIZE;
+        let word = self.phys.code_pages().word_ptr(phys_page) as u64;
+        let host = host.as_ptr() as u64;
+        self.fast.fill(user, linear & !PAGE_OFFSET, access == Access::Write, host, word, phys_page);
     }
 
     /// Outside long mode linear addresses are 32 bits wide (and wrap).

@@ -13,6 +13,7 @@
 //! - `host`: raw access to a RAM frame through its host address.
 
 pub mod code_pages;
+pub mod fast_tlb;
 mod host;
 pub mod memory;
 pub mod phys;

@@ -137,17 +137,19 @@ impl SoftTlb {
     }
 
     /// Drops the translation of the page holding `linear`, global or not
-    /// (INVLPG), and every entry if that page may belong to a large page.
-    pub fn flush_page(&mut self, linear: u64) {
+    /// (INVLPG), and every entry if that page may belong to a large page
+    /// (then returns true).
+    pub fn flush_page(&mut self, linear: u64) -> bool {
         self.epoch += 1;
         if self.large_addr != INVALID && linear & self.large_mask == self.large_addr {
             self.flush_all();
-            return;
+            return true;
         }
         let vpn = linear / PAGE_SIZE;
         let e = &mut self.entries[slot(vpn)];
         if e.vpn == vpn {
             *e = TlbEntry::EMPTY;
         }
+        false
     }
 }
