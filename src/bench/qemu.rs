@@ -18,9 +18,10 @@ const QEMU_INSTALL: &str = "apt-get install qemu-system-x86";
 /// How long QEMU may run on after the last marker before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// QEMU's machine for the Linux guest. microvm would be the closest to
-/// rxvmm, but under TCG the guest hangs in it right after "tsc: Marking TSC
-/// unstable" (no kvmclock, and no PIT or HPET to calibrate against; pit=on
-/// doesn't help); pc boots it fastest (q35 is no faster).
+/// rxvmm, but under TCG the guest hangs in it in about 3 boots of 10, right
+/// after "tsc: Marking TSC unstable" (no kvmclock, and no PIT or HPET to
+/// calibrate against; pit=on doesn't help); pc boots it fastest (q35 is no
+/// faster).
 pub const LINUX_MACHINE: &str = "pc";
 
 /// Which QEMU to compare with.
