@@ -11,6 +11,7 @@ use std::path::Path;
 use super::boot::{Bench, Options};
 use super::child::ChildRun;
 use super::qemu;
+use super::randio;
 use super::report::{Report, Unit};
 use super::runs::GuestDir;
 use super::BenchError;
@@ -26,12 +27,14 @@ const ERROR_LINE: &str = "rxvmm-blk: error=";
 
 /// The guest's tests (its line's name and the row's label) and the unit
 /// of their figure: MB/s from bytes, IOPS from I/Os, or ms for the time.
-const TESTS: [(&str, &str, Unit); 5] = [
+const TESTS: [(&str, &str, Unit); 7] = [
     ("dd_start", "busybox dd with nothing to copy (count=0): the process cost in each figure", Unit::Ms),
     ("seq_read", "sequential read, 1 MiB O_DIRECT (dd)", Unit::MBps),
     ("seq_write", "sequential write, 1 MiB O_DIRECT (dd)", Unit::MBps),
     ("read_4k", "4 KiB O_DIRECT reads, QD1, consecutive offsets (one dd)", Unit::Iops),
     ("write_4k", "4 KiB O_DIRECT writes, QD1, consecutive offsets (one dd)", Unit::Iops),
+    ("rand_read_4k", "4 KiB O_DIRECT reads, QD1, random offsets (rxvmm-randread)", Unit::Iops),
+    ("rand_write_4k", "4 KiB O_DIRECT writes, QD1, random offsets (rxvmm-randwrite)", Unit::Iops),
 ];
 
 /// Runs the benchmark; returns the report and whether every rxvmm
@@ -42,6 +45,12 @@ pub fn run(opts: &Options) -> Result<(Report, bool), BenchError> {
     let image = dir.path.join("disk.img");
     write_image(&image)?;
     b.disk = Some(image);
+    let initrd = crate::cli::default_guest_dir().join("initrd.img");
+    let base = std::fs::read(&initrd).map_err(|e| BenchError::ReadGuest(initrd, e))?;
+    let with_tools = randio::initrd_with_tools(&base, IOS_4K as u32).map_err(BenchError::RandIo)?;
+    let initrd = dir.path.join("initrd-blk.img");
+    std::fs::write(&initrd, with_tools).map_err(|e| BenchError::GuestFile(initrd.clone(), e))?;
+    b.initrd = Some(initrd);
     let first = b.markers.len();
     b.markers.extend(TESTS.iter().map(|(test, ..)| format!("rxvmm-blk: {test} ")));
     b.markers.extend([DONE_LINE.to_owned(), ERROR_LINE.to_owned()]);
@@ -52,11 +61,13 @@ pub fn run(opts: &Options) -> Result<(Report, bool), BenchError> {
         "Method",
         format!(
             "a {IMAGE_MIB} MiB raw image (in the host's page cache) as the guest's /dev/vda; in the guest, one \
-             busybox dd per test: {SEQ_MIB} × 1 MiB, then {IOS_4K} × 4 KiB, each O_DIRECT at queue depth 1 from \
-             offset 0, reads before writes; timed in the guest from just before dd starts to just after it exits \
-             (monotonic clock, ns: /proc/timer_list), so each figure includes one dd process start and exit \
-             (the dd_start row); \
-             MB = 10^6 bytes; rxvmm uses virtio-mmio, QEMU virtio-blk-pci (-M {}); one boot per run",
+             process per test: busybox dd for {SEQ_MIB} × 1 MiB, then {IOS_4K} × 4 KiB at consecutive offsets \
+             from offset 0, then the bench's own static tools (appended to the initramfs) for {IOS_4K} × 4 KiB \
+             pread64/pwrite64 at random 4 KiB-aligned offsets over the disk; all O_DIRECT at queue depth 1, reads \
+             before writes; timed in the guest from just before the process starts to just after it exits \
+             (monotonic clock, ns: /proc/timer_list), so each figure includes one process start and exit (the \
+             dd_start row shows a dd's); MB = 10^6 bytes; rxvmm uses virtio-mmio, QEMU virtio-blk-pci (-M {}); \
+             one boot per run",
             qemu::LINUX_MACHINE
         ),
     );

@@ -89,6 +89,8 @@ pub struct Bench {
     pub failure: Option<usize>,
     /// The disk every boot gets.
     pub disk: Option<PathBuf>,
+    /// The initramfs instead of the default guest's.
+    pub initrd: Option<PathBuf>,
 }
 
 /// Runs the benchmark; returns the report and whether every rxvmm
@@ -136,6 +138,7 @@ impl Bench {
             required: vec![0],
             failure: None,
             disk: None,
+            initrd: None,
         };
         host::facts(&mut b.report, &host, &b.exe, Some(&b.qemu));
         let kernel = std::fs::read_to_string(b.guest_dir.join("kernel.release")).unwrap_or_default();
@@ -156,7 +159,7 @@ impl Bench {
     fn linux(&self, script: &str) -> LinuxBoot {
         LinuxBoot {
             kernel: self.guest_dir.join("bzImage"),
-            initrd: self.guest_dir.join("initrd.img"),
+            initrd: self.initrd.clone().unwrap_or_else(|| self.guest_dir.join("initrd.img")),
             cmdline: format!("{DEFAULT_CMDLINE} rxvmm.run={script}"),
             mem_mib: MEM_MIB,
             disk: self.disk.clone(),

@@ -11,6 +11,7 @@ mod host;
 mod kvm;
 mod loops;
 mod qemu;
+mod randio;
 mod report;
 mod runs;
 mod stats;
@@ -85,6 +86,10 @@ pub enum BenchError {
     CurrentExe(#[source] std::io::Error),
     #[error("building guest {0}")]
     Guest(&'static str, #[source] GuestError),
+    #[error("assembling the random I/O tool")]
+    RandIo(#[source] iced_x86::IcedError),
+    #[error("reading {}", .0.display())]
+    ReadGuest(PathBuf, #[source] std::io::Error),
     #[error("building the loop guest")]
     LoopGuest(#[source] loops::LoopError),
     #[error("{} is missing: build the default guest with resources/build-guest.sh", .0.display())]
