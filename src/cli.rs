@@ -77,7 +77,7 @@ pub struct VmArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Measure rxvmm: `rxvmm bench kvm` (boot time, peak RSS, exit cost; QEMU side by side).
+    /// Measure rxvmm beside QEMU: `rxvmm bench kvm|tcg|boot|blk` (see README, "Benchmarks").
     Bench(crate::bench::BenchArgs),
     /// Write one of rxvmm's built-in test guests as an ELF kernel.
     Guest {

@@ -166,3 +166,45 @@ fn tap_that_cannot_be_opened() {
     fails_with_device(&["--net", "tap=a-name-longer-than-ifnamsiz"], "must be 1 to 15 bytes");
     fails_with_device(&["--net", "tap=t0,mac=01:02:03:04:05:06"], "unicast");
 }
+
+#[test]
+fn disk_image_that_cannot_be_read() {
+    let img = scratch_dir().join("unreadable.img");
+    std::fs::write(&img, [0u8; 4096]).expect("write image");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o000)).expect("chmod image");
+    let k = builtin_guest("hello");
+    let args = ["--accel", "tcg", "--kernel", &k.to_string_lossy(), "--disk", &format!("path={}", img.display())];
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let needle = format!("cannot open disk image {}", img.display());
+    if std::fs::File::open(&img).is_err() {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = fails_with(&args, &needle);
+        run.assert_stderr_has("Permission denied");
+        return;
+    }
+    // We are root, who reads anything: run rxvmm as nobody instead.
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", rxvmm()]).args(&args);
+    let run = run_bounded(cmd, None, TIMEOUT);
+    if run.code == Some(127) || run.stderr.contains("setpriv:") {
+        println!("SKIP disk_image_that_cannot_be_read: cannot drop privileges: {}", run.stderr.trim());
+        return;
+    }
+    run.assert_code(EXIT_VMM_ERROR).assert_stderr_has(&needle).assert_stderr_has("Permission denied");
+    assert!(!run.stderr.contains("panicked"), "panic:\n{}", run.stderr);
+    assert_eq!(run.stderr.matches("rxvmm: error:").count(), 1, "stderr:\n{}", run.stderr);
+}
+
+#[test]
+fn disk_image_in_use() {
+    use std::os::fd::AsRawFd;
+    let img = file_with("locked.img", &[0; 4096]);
+    let holder = std::fs::File::open(&img).expect("open image");
+    // SAFETY: flock on a file descriptor this test owns.
+    let locked = unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(locked, 0, "flock: {}", std::io::Error::last_os_error());
+    fails_with_device(&["--disk", &format!("path={img}")], "is in use by another process");
+    fails_with_device(&["--disk", &format!("path={img},readonly=on")], "is in use by another process");
+    drop(holder);
+}

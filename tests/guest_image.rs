@@ -175,7 +175,7 @@ fn initramfs_has_init_busybox_and_run_scripts() {
     let console = get("dev/console");
     assert_eq!((console.kind(), console.rdev), (S_IFCHR, (5, 1)), "bad /dev/console");
 
-    for script in ["info", "shell", "echo", "poweroff", "reboot", "panic"] {
+    for script in ["info", "shell", "echo", "poweroff", "reboot", "panic", "blk"] {
         let entry = get(&format!("etc/rxvmm/run/{script}"));
         assert_eq!(entry.kind(), S_IFREG, "run script {script} is not a file");
         assert!(entry.data.starts_with(b"#!/bin/sh"), "run script {script} is not a shell script");

@@ -66,46 +66,37 @@ pub struct LinuxBoot {
     pub initrd: PathBuf,
     pub cmdline: String,
     pub mem_mib: u32,
+    /// A raw image as the guest's virtio-blk disk (`/dev/vda`).
+    pub disk: Option<PathBuf>,
 }
 
-struct Bench {
+/// Series of default-guest boots under rxvmm and QEMU, and the report they
+/// fill: shared by `bench boot` and `bench blk`.
+pub struct Bench {
     exe: PathBuf,
     engine: Engine,
     qemu: Result<PathBuf, String>,
     guest_dir: PathBuf,
     runs: u32,
     timeout: Duration,
-    report: Report,
+    pub report: Report,
+    load_before: Option<String>,
+    /// Lines each boot is timed to: [`markers`], then the benchmark's own.
+    pub markers: Vec<String>,
+    /// Markers a boot must print to count (indexes into `markers`).
+    pub required: Vec<usize>,
+    /// A marker whose line means the run script failed; the line says why.
+    pub failure: Option<usize>,
+    /// The disk every boot gets.
+    pub disk: Option<PathBuf>,
+    /// The initramfs instead of the default guest's.
+    pub initrd: Option<PathBuf>,
 }
 
 /// Runs the benchmark; returns the report and whether every rxvmm
 /// measurement succeeded.
 pub fn run(opts: &Options) -> Result<(Report, bool), BenchError> {
-    let host = Host::probe();
-    let guest_dir = crate::cli::default_guest_dir();
-    for file in ["bzImage", "initrd.img"] {
-        if !guest_dir.join(file).is_file() {
-            return Err(BenchError::NoGuest(guest_dir.join(file)));
-        }
-    }
-    let load_before = host::load_average();
-    let mut b = Bench {
-        exe: std::env::current_exe().map_err(BenchError::CurrentExe)?,
-        engine: opts.engine,
-        qemu: qemu::find(&opts.qemu),
-        guest_dir,
-        runs: opts.runs.unwrap_or(RUNS),
-        timeout: opts.timeout.unwrap_or(match opts.engine {
-            Engine::Tcg => TCG_TIMEOUT,
-            Engine::Kvm => KVM_TIMEOUT,
-        }),
-        report: Report { bench: "boot", ..Report::default() },
-    };
-    host::facts(&mut b.report, &host, &b.exe, Some(&b.qemu));
-    let kernel = std::fs::read_to_string(b.guest_dir.join("kernel.release")).unwrap_or_default();
-    let guest = format!("{} (Linux {}), {MEM_MIB} MiB, 1 vCPU", b.guest_dir.display(), kernel.trim());
-    b.report.fact("guest", "Guest", guest);
-    b.report.fact("engine", "Engine", b.engine.name());
+    let mut b = Bench::new(opts, "boot")?;
     b.report.fact(
         "method",
         "Method",
@@ -117,18 +108,61 @@ pub fn run(opts: &Options) -> Result<(Report, bool), BenchError> {
     );
     b.boot()?;
     b.workload()?;
-    host::load_fact(&mut b.report, load_before);
-    let ok = b.report.rxvmm_ok();
-    Ok((b.report, ok))
+    Ok(b.finish())
 }
 
 impl Bench {
+    /// Checks the default guest is there and starts the report `name` with
+    /// the host, guest and engine facts.
+    pub fn new(opts: &Options, name: &'static str) -> Result<Bench, BenchError> {
+        let host = Host::probe();
+        let guest_dir = crate::cli::default_guest_dir();
+        for file in ["bzImage", "initrd.img"] {
+            if !guest_dir.join(file).is_file() {
+                return Err(BenchError::NoGuest(guest_dir.join(file)));
+            }
+        }
+        let mut b = Bench {
+            exe: std::env::current_exe().map_err(BenchError::CurrentExe)?,
+            engine: opts.engine,
+            qemu: qemu::find(&opts.qemu),
+            guest_dir,
+            runs: opts.runs.unwrap_or(RUNS),
+            timeout: opts.timeout.unwrap_or(match opts.engine {
+                Engine::Tcg => TCG_TIMEOUT,
+                Engine::Kvm => KVM_TIMEOUT,
+            }),
+            report: Report { bench: name, ..Report::default() },
+            load_before: host::load_average(),
+            markers: markers(),
+            required: vec![0],
+            failure: None,
+            disk: None,
+            initrd: None,
+        };
+        host::facts(&mut b.report, &host, &b.exe, Some(&b.qemu));
+        let kernel = std::fs::read_to_string(b.guest_dir.join("kernel.release")).unwrap_or_default();
+        let guest = format!("{} (Linux {}), {MEM_MIB} MiB, 1 vCPU", b.guest_dir.display(), kernel.trim());
+        b.report.fact("guest", "Guest", guest);
+        b.report.fact("engine", "Engine", b.engine.name());
+        Ok(b)
+    }
+
+    /// The report, with the host load fact, and whether every rxvmm
+    /// measurement succeeded.
+    pub fn finish(mut self) -> (Report, bool) {
+        host::load_fact(&mut self.report, self.load_before.take());
+        let ok = self.report.rxvmm_ok();
+        (self.report, ok)
+    }
+
     fn linux(&self, script: &str) -> LinuxBoot {
         LinuxBoot {
             kernel: self.guest_dir.join("bzImage"),
-            initrd: self.guest_dir.join("initrd.img"),
+            initrd: self.initrd.clone().unwrap_or_else(|| self.guest_dir.join("initrd.img")),
             cmdline: format!("{DEFAULT_CMDLINE} rxvmm.run={script}"),
             mem_mib: MEM_MIB,
+            disk: self.disk.clone(),
         }
     }
 
@@ -138,10 +172,15 @@ impl Bench {
         args.extend([boot.kernel.clone().into(), "--initrd".into(), boot.initrd.clone().into()]);
         args.extend(["--cmdline".into(), boot.cmdline.clone().into()]);
         args.extend(["--mem".into(), boot.mem_mib.to_string().into()]);
+        if let Some(disk) = &boot.disk {
+            let mut value = OsString::from("path=");
+            value.push(disk);
+            args.extend(["--disk".into(), value]);
+        }
         ChildSpec {
             program: self.exe.clone(),
             args,
-            markers: markers(),
+            markers: self.markers.clone(),
             timeout: self.timeout,
             exit_grace: self.timeout,
         }
@@ -149,7 +188,7 @@ impl Bench {
 
     /// Both VMMs' series of `script` boots: rxvmm's (unless `rxvmm_skip`
     /// says why not), then QEMU's.
-    fn both(&mut self, script: &str, rxvmm_skip: Option<String>) -> Result<[Series; 2], BenchError> {
+    pub fn both(&mut self, script: &str, rxvmm_skip: Option<String>) -> Result<[Series; 2], BenchError> {
         let boot = self.linux(script);
         let what = format!("{} boot, rxvmm.run={script}", self.engine.name());
         let rxvmm = match rxvmm_skip {
@@ -157,21 +196,21 @@ impl Bench {
             None => {
                 let spec = self.rxvmm_spec(&boot);
                 self.report.notes.push(format!("rxvmm: `{}`", quoted(&spec)));
-                series_checked(&spec, &what, self.runs, false, |r| check(r, &spec))?
+                series_checked(&spec, &what, self.runs, false, |r| self.check(r, &spec))?
             }
         };
         let theirs = match &self.qemu {
             Ok(path) => {
-                let spec = qemu::linux_spec(path, self.engine.name(), &boot, markers(), self.timeout);
+                let spec = qemu::linux_spec(path, self.engine.name(), &boot, self.markers.clone(), self.timeout);
                 self.report.notes.push(format!("QEMU: `{}`", quoted(&spec)));
-                series_checked(&spec, &what, self.runs, false, |r| check(r, &spec))?
+                series_checked(&spec, &what, self.runs, false, |r| self.check(r, &spec))?
             }
             Err(why) => Series::Skipped(why.clone()),
         };
         Ok([rxvmm, theirs])
     }
 
-    fn who(&self) -> [String; 2] {
+    pub fn who(&self) -> [String; 2] {
         let e = self.engine.name().to_uppercase();
         [format!("rxvmm {e}"), format!("QEMU {e} (-M {})", qemu::LINUX_MACHINE)]
     }
@@ -227,7 +266,7 @@ impl Bench {
         Ok(())
     }
 
-    fn ratio(&mut self, key: &str, what: &str) {
+    pub fn ratio(&mut self, key: &str, what: &str) {
         let (rx, q) = (self.report.median(&format!("rxvmm.{key}")), self.report.median(&format!("qemu.{key}")));
         let outcome = match (rx, q) {
             (Some(rx), Some(q)) if q > 0.0 => Outcome::Value(rx / q),
@@ -240,20 +279,25 @@ impl Bench {
 
 /// The marker, the line that says the initrd lacks the run script, and
 /// the workload's last line (only the first is required).
-fn markers() -> Vec<String> {
+pub fn markers() -> Vec<String> {
     vec![USERSPACE_LINE.into(), UNKNOWN_SCRIPT_LINE.into(), WORKLOAD_DONE_LINE.into()]
 }
 
-/// A boot counts if it reached userspace, found its run script and
-/// powered off by itself.
-fn check(run: &ChildRun, spec: &ChildSpec) -> Result<(), String> {
-    if run.marks.get(1).copied().flatten().is_some() {
-        return Err(format!(
-            "{}: the initrd lacks this run script (rebuild it: resources/build-guest.sh)",
-            run.last_line
-        ));
+impl Bench {
+    /// A boot counts if it reached userspace, found its run script, printed
+    /// the required markers and no failure line, and powered off by itself.
+    fn check(&self, run: &ChildRun, spec: &ChildSpec) -> Result<(), String> {
+        if run.marks.get(1).copied().flatten().is_some() {
+            return Err(format!(
+                "{}: the initrd lacks this run script (rebuild it: resources/build-guest.sh)",
+                run.last_line
+            ));
+        }
+        if let Some(line) = self.failure.and_then(|i| run.lines.get(i)?.as_deref()) {
+            return Err(line.to_owned());
+        }
+        check_markers(run, spec, &self.required, Expect::Exit(exit_code::POWEROFF))
     }
-    check_markers(run, spec, &[0], Expect::Exit(exit_code::POWEROFF))
 }
 
 /// A command line a shell can rerun: arguments with spaces quoted.

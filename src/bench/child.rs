@@ -27,6 +27,8 @@ const KILL_WAIT: Duration = Duration::from_secs(1);
 pub struct LineClock {
     patterns: Vec<String>,
     seen: Vec<Option<Duration>>,
+    /// For each pattern, the text of the line that matched it first.
+    texts: Vec<Option<String>>,
     line: Vec<u8>,
     /// The last complete line that had any text, for failure messages.
     last: Vec<u8>,
@@ -39,6 +41,7 @@ impl LineClock {
         Self {
             patterns: patterns.iter().map(|p| p.trim_end_matches('\n').to_owned()).collect(),
             seen: vec![None; patterns.len()],
+            texts: vec![None; patterns.len()],
             line: Vec::new(),
             last: Vec::new(),
         }
@@ -66,9 +69,10 @@ impl LineClock {
         // the screen) don't hide a line's start.
         let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
         let line = skip_escapes(line);
-        for (pattern, seen) in self.patterns.iter().zip(self.seen.iter_mut()) {
+        for ((pattern, seen), text) in self.patterns.iter().zip(self.seen.iter_mut()).zip(self.texts.iter_mut()) {
             if seen.is_none() && line.starts_with(pattern.as_bytes()) {
                 *seen = Some(at);
+                *text = Some(String::from_utf8_lossy(line).into_owned());
             }
         }
         if line.iter().any(|b| !b.is_ascii_whitespace()) {
@@ -90,6 +94,11 @@ impl LineClock {
     /// For each pattern, when its line was first seen.
     pub fn seen(&self) -> &[Option<Duration>] {
         &self.seen
+    }
+
+    /// For each pattern, the line that matched it (without its line end).
+    pub fn texts(&self) -> &[Option<String>] {
+        &self.texts
     }
 
     pub fn all_seen(&self) -> bool {
@@ -160,6 +169,9 @@ impl std::fmt::Display for Ended {
 pub struct ChildRun {
     /// Per marker, when its line arrived.
     pub marks: Vec<Option<Duration>>,
+    /// Per marker, the whole line that matched it (results the guest
+    /// prints after a marker's prefix).
+    pub lines: Vec<Option<String>>,
     /// When the child exited by itself; `None` if it had to be killed.
     pub exited_after: Option<Duration>,
     /// Why the bench killed it, if it did.
@@ -415,6 +427,7 @@ pub fn run_child(spec: &ChildSpec) -> Result<ChildRun, ChildError> {
     };
     Ok(ChildRun {
         marks: clock.seen().to_vec(),
+        lines: clock.texts().to_vec(),
         exited_after,
         killed,
         ended,
@@ -475,6 +488,7 @@ mod tests {
         c.feed(b"rxvmm-boot: entry=pvh\nrxvmm-boot: entry=pvh\n", ms(2));
         c.feed(b"rxvmm-boot: entry=linux64\n", ms(3));
         assert_eq!(c.seen(), &[Some(ms(2))]);
+        assert_eq!(c.texts(), &[Some("rxvmm-boot: entry=pvh".to_owned())]);
     }
 
     #[test]

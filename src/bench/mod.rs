@@ -1,15 +1,17 @@
 //! `rxvmm bench <name>`: measurements of rxvmm, printed as a Markdown table
 //! (or JSON). Each benchmark is one module: `kvm` is the VMM's own cost on
 //! the KVM path, `tcg` the TCG engine's guest MIPS and translation cost,
-//! `boot` the default Linux guest's boot beside QEMU's. Later ones (`blk`)
-//! become further [`Benchmark`] values.
+//! `boot` the default Linux guest's boot beside QEMU's, `blk` virtio-blk
+//! throughput inside that guest beside QEMU's.
 
+mod blk;
 mod boot;
 mod child;
 mod host;
 mod kvm;
 mod loops;
 mod qemu;
+mod randio;
 mod report;
 mod runs;
 mod stats;
@@ -36,6 +38,9 @@ pub enum Benchmark {
     /// The default Linux guest: time to its userspace marker and to exit,
     /// under rxvmm and QEMU with the same engine (`--accel`, TCG by default).
     Boot,
+    /// virtio-blk inside the default Linux guest: sequential MB/s and 4 KiB
+    /// IOPS, reads and writes, under rxvmm and QEMU (`--accel`, TCG by default).
+    Blk,
 }
 
 #[derive(Debug, clap::Args)]
@@ -45,7 +50,7 @@ pub struct BenchArgs {
     pub benchmark: Benchmark,
 
     /// Timed runs per measurement [default: kvm: 20 per boot series, 5 per
-    /// exit loop; tcg: 3; boot: 3].
+    /// exit loop; tcg: 3; boot, blk: 3].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub runs: Option<u32>,
 
@@ -61,11 +66,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_qemu: bool,
 
-    /// `boot`: the engine rxvmm and QEMU boot with.
+    /// `boot`, `blk`: the engine rxvmm and QEMU boot with.
     #[arg(long, value_enum, default_value_t = Engine::Tcg)]
     pub accel: Engine,
 
-    /// `boot`: give up on a boot after this many seconds [default: 600 under
+    /// `boot`, `blk`: give up on a boot after this many seconds [default: 600 under
     /// TCG, 60 under KVM].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout: Option<u64>,
@@ -81,6 +86,10 @@ pub enum BenchError {
     CurrentExe(#[source] std::io::Error),
     #[error("building guest {0}")]
     Guest(&'static str, #[source] GuestError),
+    #[error("assembling the random I/O tool")]
+    RandIo(#[source] iced_x86::IcedError),
+    #[error("reading {}", .0.display())]
+    ReadGuest(PathBuf, #[source] std::io::Error),
     #[error("building the loop guest")]
     LoopGuest(#[source] loops::LoopError),
     #[error("{} is missing: build the default guest with resources/build-guest.sh", .0.display())]
@@ -107,12 +116,18 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
     let (report, ok) = match args.benchmark {
         Benchmark::Kvm => kvm::run(&kvm::Options { runs: args.runs, qemu })?,
         Benchmark::Tcg => tcg::run(&tcg::Options { runs: args.runs })?,
-        Benchmark::Boot => boot::run(&boot::Options {
-            runs: args.runs,
-            engine: args.accel,
-            qemu,
-            timeout: args.timeout.map(Duration::from_secs),
-        })?,
+        Benchmark::Boot | Benchmark::Blk => {
+            let opts = boot::Options {
+                runs: args.runs,
+                engine: args.accel,
+                qemu,
+                timeout: args.timeout.map(Duration::from_secs),
+            };
+            match args.benchmark {
+                Benchmark::Blk => blk::run(&opts)?,
+                _ => boot::run(&opts)?,
+            }
+        }
     };
     let text = if args.json { report.to_json() } else { report.to_markdown() };
     let mut out = std::io::stdout().lock();

@@ -20,6 +20,10 @@ pub enum Unit {
     Ratio,
     /// A plain quantity (instructions per block, blocks).
     Count,
+    /// Megabytes (10^6 bytes) per second.
+    MBps,
+    /// I/O operations per second.
+    Iops,
 }
 
 impl Unit {
@@ -33,6 +37,8 @@ impl Unit {
             Unit::Mips => "MIPS",
             Unit::Ratio => "ratio",
             Unit::Count => "count",
+            Unit::MBps => "MB/s",
+            Unit::Iops => "IOPS",
         }
     }
 
@@ -41,7 +47,8 @@ impl Unit {
         match self {
             Unit::Ms | Unit::S | Unit::Us | Unit::Ratio => 3,
             Unit::Kib | Unit::NsPerExit => 0,
-            Unit::Mips | Unit::Count => 1,
+            Unit::Mips | Unit::Count | Unit::MBps => 1,
+            Unit::Iops => 0,
         }
     }
 
@@ -59,6 +66,8 @@ impl Unit {
             Unit::Ratio if v != 0.0 && v.abs() < 0.01 => format!("{v:.4}×"),
             Unit::Ratio => format!("{v:.2}×"),
             Unit::Count => format!("{v:.1}"),
+            Unit::MBps => format!("{v:.1} MB/s"),
+            Unit::Iops => format!("{v:.0} IOPS"),
         }
     }
 }

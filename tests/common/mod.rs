@@ -371,3 +371,34 @@ pub fn guest_busybox_applets() -> &'static Path {
         dir
     })
 }
+
+/// `len` bytes from a fixed-seed generator (xorshift64*): the same content
+/// for the same seed on every run, incompressible for the guest and host.
+pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The SHA-256 of `path` as hex, computed on the host by the guest's own
+/// busybox `sha256sum` (so guest and host agree on the format).
+pub fn sha256_of_file(path: &Path) -> String {
+    let out = Command::new(guest_busybox())
+        .arg("sha256sum")
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run busybox sha256sum on the host: {e}"));
+    assert!(out.status.success(), "sha256sum {} failed ({})", path.display(), out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hash = text.split_whitespace().next().unwrap_or_default();
+    assert_eq!(hash.len(), 64, "unexpected sha256sum output: {text:?}");
+    hash.to_owned()
+}
