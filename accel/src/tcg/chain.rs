@@ -92,6 +92,16 @@ impl ChainStore {
         if !chainable {
             return;
         }
+        // A live link to the same block is already there (the chain stopped
+        // for its budget or a signal): keep it rather than pile up copies.
+        let current = edge.load(Ordering::Acquire);
+        // SAFETY: a non-null link pointer is one of this store's boxes,
+        // never freed while the store lives.
+        if let Some(l) = unsafe { current.as_ref() } {
+            if l.generation == generation && std::ptr::eq(l.tb, to) {
+                return;
+            }
+        }
         let link =
             Box::new(ChainLink { func, tb: to, code: to.code(), generation, insns: to.code().insn_count() as u64 });
         let ptr = std::ptr::from_ref(link.as_ref()).cast_mut();
