@@ -212,25 +212,15 @@ pub fn execute(ctx: &mut CpuContext<'_>, ops: &[Op], label_pos: &[usize], temps:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tcg::context::CpuContext;
     use crate::tcg::ir::{BinOp, Cond, ExitKind, Label, MemSize, Temp};
     use crate::tcg::mmu::CodePages;
-    use crate::tcg::test_support::{Flat, NoIo};
+    use crate::tcg::test_support::{context, Flat};
 
     fn run(state: &mut X86State, mem: &mut Flat, ops: &[Op], labels: &[usize]) -> TbExit {
         let code_pages = CodePages::with_pages(0);
         let temps_needed = 8;
         validate(ops, temps_needed, labels).unwrap();
-        let mut ctx = CpuContext {
-            state,
-            mem,
-            io: &NoIo,
-            requests: Default::default(),
-            code_pages: &code_pages,
-            cpu_id: 0,
-            vcpus: 1,
-            apic: None,
-        };
+        let mut ctx = context(state, mem, &code_pages);
         execute(&mut ctx, ops, labels, &mut [0; 8])
     }
 

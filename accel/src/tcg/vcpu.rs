@@ -16,7 +16,7 @@ use super::mmu::{CodePages, CpuMemory};
 use super::profile::Profiler;
 use super::signals::VcpuSignals;
 use super::state::{hflags, rflags, seg, SegmentCache, X86State};
-use super::stats::{self, Counter, VcpuCounts};
+use super::stats::{self, Counter, TcgStats};
 use super::tb_cache::{Found, JumpCache, TbCache, TranslationBlock};
 use super::vm::IoDispatch;
 use super::{interrupts, jit, translate, vcpu_state};
@@ -60,7 +60,8 @@ pub struct TcgVcpu {
     timer_countdown: u32,
     /// Guest-RIP sampling (`RXVMM_TCG_PROFILE`), off normally.
     profiler: Option<Box<Profiler>>,
-    counts: VcpuCounts,
+    /// This vCPU's share of the statistics, added to the totals on drop.
+    counts: TcgStats,
     /// The compiled block (address) and `GotoTb` slot that last left to the
     /// loop: the next block dispatched may be linked to it.
     unlinked_edge: Option<(usize, u8)>,
@@ -107,7 +108,7 @@ impl TcgVcpu {
             timer_deadline: None,
             timer_countdown: 0,
             profiler: Profiler::from_env(id),
-            counts: VcpuCounts::default(),
+            counts: TcgStats::default(),
             unlinked_edge: None,
         }
     }
@@ -430,7 +431,7 @@ impl TcgVcpu {
 
 impl Drop for TcgVcpu {
     fn drop(&mut self) {
-        self.counts.flush();
+        self.counts.add_to_totals();
     }
 }
 

@@ -1,67 +1,22 @@
-//! The compiled form against a plain reference interpreter of the IR, on
-//! random blocks that keep the IR's contract (a temp is read only where
+//! The compiled form (and the JIT's host code) against a plain reference
+//! interpreter of the IR, on random blocks that keep the IR's contract (a temp is read only where
 //! every path defined it in the same guest instruction).
 
 use std::mem::offset_of;
 
 use super::{compile, run};
-use crate::tcg::context::{CpuBus, CpuContext};
-use crate::tcg::exception::{Exception, Result as ExcResult};
+use crate::tcg::context::CpuContext;
+use crate::tcg::exception::Exception;
 use crate::tcg::interp::{bin, ext, ld_env, st_env, stack_fault, un, validate, TbExit};
 use crate::tcg::ir::{
     BinOp, Cond, ExitKind, ExtKind, Helper, Label, MemFlags, MemSize, Op, StateParts, Temp, UnOp, MAX_HELPER_ARGS,
 };
-use crate::tcg::mmu::{Access, CodePages, LinearMemory, Privilege};
+use crate::tcg::mmu::{Access, CodePages, Privilege};
 use crate::tcg::state::X86State;
-use crate::VmOps;
+use crate::tcg::tb_cache::TranslationBlock;
+use crate::tcg::test_support::{context, Flat};
 
 const MEM_SIZE: usize = 0x2000;
-
-#[derive(Clone, PartialEq, Eq, Debug)]
-struct Flat(Vec<u8>);
-
-impl LinearMemory for Flat {
-    fn read(&mut self, _: &mut X86State, a: u64, size: usize, _: Access, _: Privilege) -> ExcResult<u64> {
-        let a = usize::try_from(a).unwrap_or(usize::MAX);
-        let bytes = self.0.get(a..a.saturating_add(size)).ok_or(Exception::page_fault(a as u64, 0))?;
-        let mut v = [0u8; 8];
-        v[..size].copy_from_slice(bytes);
-        Ok(u64::from_le_bytes(v))
-    }
-    fn write(&mut self, _: &mut X86State, a: u64, size: usize, value: u64, _: Privilege) -> ExcResult<()> {
-        let a = usize::try_from(a).unwrap_or(usize::MAX);
-        let bytes = self.0.get_mut(a..a.saturating_add(size)).ok_or(Exception::page_fault(a as u64, 2))?;
-        bytes.copy_from_slice(&value.to_le_bytes()[..size]);
-        Ok(())
-    }
-}
-
-impl CpuBus for Flat {
-    fn translate_code(&mut self, _: &mut X86State, linear: u64) -> ExcResult<u64> {
-        Ok(linear)
-    }
-    fn fetch_code(&mut self, _: &mut X86State, _: u64, _: &mut [u8]) -> ExcResult<usize> {
-        Ok(0)
-    }
-    fn atomic_rmw(&mut self, s: &mut X86State, a: u64, n: usize, op: &mut dyn FnMut(u64) -> u64) -> ExcResult<u64> {
-        let old = self.read(s, a, n, Access::Write, Privilege::Current)?;
-        self.write(s, a, n, op(old), Privilege::Current)?;
-        Ok(old)
-    }
-    fn cmpxchg(&mut self, s: &mut X86State, a: u64, n: usize, expected: u64, new: u64) -> ExcResult<u64> {
-        self.atomic_rmw(s, a, n, &mut |old| if old == expected { new } else { old })
-    }
-    fn flush_tlb(&mut self, _: bool) {}
-    fn flush_tlb_page(&mut self, _: u64) {}
-}
-
-struct NoIo;
-impl VmOps for NoIo {
-    fn pio_read(&self, _: u16, _: &mut [u8]) {}
-    fn pio_write(&self, _: u16, _: &[u8]) {}
-    fn mmio_read(&self, _: u64, _: &mut [u8]) {}
-    fn mmio_write(&self, _: u64, _: &[u8]) {}
-}
 
 /// Writes R15 (a state write the compiler must see); #GP on an odd arg 0.
 fn helper_mix(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exception> {
@@ -332,9 +287,11 @@ fn start_state(r: &mut Rng) -> X86State {
 }
 
 #[test]
-fn compiled_blocks_match_the_reference_interpreter() {
+fn compiled_blocks_and_host_code_match_the_reference_interpreter() {
     let mut r = Rng(0x1234_5678_9abc_def1);
     let code_pages = CodePages::with_pages(0);
+    let jit = crate::tcg::jit::Jit::new().expect("Cranelift supports this host");
+    let no_signals = std::sync::atomic::AtomicU32::new(0);
     for case in 0..100_000 {
         let (ops, num_temps, labels) = random_block(&mut r);
         validate(&ops, num_temps, &labels).unwrap_or_else(|e| panic!("case {case}: generator bug: {e}"));
@@ -342,30 +299,12 @@ fn compiled_blocks_match_the_reference_interpreter() {
         let mem = Flat((0..MEM_SIZE).map(|i| (i * 7 + case) as u8).collect());
 
         let (mut s1, mut m1) = (state.clone(), mem.clone());
-        let mut ctx = CpuContext {
-            state: &mut s1,
-            mem: &mut m1,
-            io: &NoIo,
-            requests: Default::default(),
-            code_pages: &code_pages,
-            cpu_id: 0,
-            vcpus: 1,
-            apic: None,
-        };
+        let mut ctx = context(&mut s1, &mut m1, &code_pages);
         let want = reference(&mut ctx, &ops, &labels, &mut vec![0; num_temps]);
 
         let code = compile(&ops, num_temps, &labels);
         let (mut s2, mut m2) = (state.clone(), mem.clone());
-        let mut ctx = CpuContext {
-            state: &mut s2,
-            mem: &mut m2,
-            io: &NoIo,
-            requests: Default::default(),
-            code_pages: &code_pages,
-            cpu_id: 0,
-            vcpus: 1,
-            apic: None,
-        };
+        let mut ctx = context(&mut s2, &mut m2, &code_pages);
         let got = run(&mut ctx, &code, &mut vec![0; code.num_temps()]);
 
         let ctx_msg = || format!("case {case}\nIR:\n{ops:#?}\ncompiled:\n{}", code.dump());
@@ -373,6 +312,19 @@ fn compiled_blocks_match_the_reference_interpreter() {
         assert_eq!(s2.gpr, s1.gpr, "GPRs, {}", ctx_msg());
         assert_eq!((s2.rip, s2.cc_op, s2.cc_dst), (s1.rip, s1.cc_op, s1.cc_dst), "RIP/cc, {}", ctx_msg());
         assert!(m2 == m1, "memory, {}", ctx_msg());
+
+        // Every 8th block also as host code from the JIT.
+        if case % 8 == 0 {
+            let tb = TranslationBlock::new(state.rip, 0, 0, 0, vec![0], 1, ops.clone(), num_temps, labels.clone());
+            let block = tb.compile_with(&jit).unwrap_or_else(|| panic!("JIT declined, {}", ctx_msg()));
+            let (mut s3, mut m3) = (state.clone(), mem.clone());
+            let mut ctx = context(&mut s3, &mut m3, &code_pages);
+            let jitted = crate::tcg::jit::run(&jit, &mut ctx, &tb, block, no_signals.as_ptr()).exit;
+            assert_eq!(jitted, want, "JIT exit, {}", ctx_msg());
+            assert_eq!(s3.gpr, s1.gpr, "JIT GPRs, {}", ctx_msg());
+            assert_eq!((s3.rip, s3.cc_op, s3.cc_dst), (s1.rip, s1.cc_op, s1.cc_dst), "JIT RIP/cc, {}", ctx_msg());
+            assert!(m3 == m1, "JIT memory, {}", ctx_msg());
+        }
     }
 }
 

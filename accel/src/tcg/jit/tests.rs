@@ -13,7 +13,7 @@ use crate::tcg::ir::{BinOp, Cond, ExitKind, ExtKind, Helper, Label, MemFlags, Me
 use crate::tcg::mmu::CodePages;
 use crate::tcg::state::X86State;
 use crate::tcg::tb_cache::TranslationBlock;
-use crate::tcg::test_support::{Flat, NoIo};
+use crate::tcg::test_support::{context, Flat};
 
 const RAX: u32 = offset_of!(X86State, gpr) as u32;
 const RCX: u32 = RAX + 8;
@@ -50,16 +50,7 @@ fn compile(ops: &[Op], num_temps: usize, labels: &[usize]) -> Compiled {
 fn exec(state: &mut X86State, mem: &mut Flat, c: &Compiled) -> TbExit {
     let no_signals = AtomicU32::new(0);
     let code_pages = CodePages::with_pages(0);
-    let mut ctx = CpuContext {
-        state,
-        mem,
-        io: &NoIo,
-        requests: Default::default(),
-        code_pages: &code_pages,
-        cpu_id: 0,
-        vcpus: 1,
-        apic: None,
-    };
+    let mut ctx = context(state, mem, &code_pages);
     let block = c.tb.compile_with(&c.jit).expect("compiled");
     run(&c.jit, &mut ctx, &c.tb, block, no_signals.as_ptr()).exit
 }

@@ -4,12 +4,11 @@
 
 use iced_x86::code_asm::*;
 
-use crate::tcg::context::CpuContext;
 use crate::tcg::flags;
 use crate::tcg::interp::{execute, TbExit};
 use crate::tcg::mmu::CodePages;
 use crate::tcg::state::{ctrl, reg, seg, SegmentCache, X86State};
-pub use crate::tcg::test_support::{Flat, NoIo};
+pub use crate::tcg::test_support::{context, Flat};
 use crate::tcg::translate::translate_block;
 
 /// Guest code and data addresses (identity-mapped flat memory).
@@ -170,16 +169,7 @@ pub fn run_code(state: &mut X86State, mem: &mut Flat, code: &[u8]) -> TbExit {
         Err(e) => return TbExit::Exception { exception: e, pc: CODE, next_pc: CODE },
     };
     let mut temps = vec![0; tb.num_temps()];
-    let mut ctx = CpuContext {
-        state,
-        mem,
-        io: &NoIo,
-        requests: Default::default(),
-        code_pages: &code_pages,
-        cpu_id: 0,
-        vcpus: 1,
-        apic: None,
-    };
+    let mut ctx = context(state, mem, &code_pages);
     execute(&mut ctx, tb.ops(), tb.label_pos(), &mut temps)
 }
 
