@@ -119,7 +119,7 @@ impl Jit {
     pub fn new() -> Result<Jit, JitError> {
         let mut flags = settings::builder();
         for (k, v) in [
-            ("opt_level", "none"),
+            ("opt_level", "speed"),
             ("is_pic", "false"),
             ("use_colocated_libcalls", "false"),
             ("enable_verifier", "false"),
