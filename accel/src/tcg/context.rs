@@ -59,6 +59,11 @@ pub trait CpuBus: LinearMemory {
     }
     /// Offers the page of a successful `access` at `linear` to the fast TLB.
     fn fill_fast(&mut self, _state: &X86State, _linear: u64, _access: Access) {}
+    /// Changes whenever cached translations are flushed (see
+    /// [`super::mmu::SoftTlb::epoch`]).
+    fn tlb_epoch(&self) -> u64 {
+        0
+    }
 }
 
 /// Things a helper asks the vCPU loop to do once the block has returned.
@@ -123,5 +128,8 @@ impl CpuBus for CpuMemory {
     }
     fn fill_fast(&mut self, state: &X86State, linear: u64, access: Access) {
         CpuMemory::fill_fast(self, state, linear, access);
+    }
+    fn tlb_epoch(&self) -> u64 {
+        self.tlb().epoch()
     }
 }

@@ -379,6 +379,25 @@ impl JumpCache {
         }
     }
 
+    /// The block for `pc` in this mode if [`Self::find`] would return a
+    /// `Hit` (nothing is flushed or changed here).
+    #[inline]
+    pub fn find_hit(
+        &self,
+        cache_generation: u64,
+        pc: u64,
+        cs_base: u64,
+        hflags: u64,
+        tlb_epoch: u64,
+    ) -> Option<&Arc<TranslationBlock>> {
+        if cache_generation != self.generation {
+            return None;
+        }
+        let s = &self.slots[Self::slot(cs_base.wrapping_add(pc))];
+        let hit = s.pc == pc && s.cs_base == cs_base && s.tag == self.tag(hflags) && s.tlb_epoch == tlb_epoch;
+        s.tb.as_ref().filter(|_| hit)
+    }
+
     /// The block in slot `i` passed its recheck at `tlb_epoch`.
     pub fn confirm(&mut self, i: usize, tlb_epoch: u64) {
         if let Some(s) = self.slots.get_mut(i) {

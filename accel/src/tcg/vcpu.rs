@@ -363,7 +363,12 @@ impl TcgVcpu {
                     let from = unsafe { &*(from as *const TranslationBlock) };
                     self.tb_cache.chains().link(from, from_slot, tb, generation);
                 }
-                let r = jit::run(jit, &mut ctx, tb, block, self.signals.pending_word());
+                let dispatch = jit::Dispatch {
+                    jump_cache: &self.jump_cache,
+                    tb_cache: &self.tb_cache,
+                    irq_pending: self.irq_hint || self.nmi_hint,
+                };
+                let r = jit::run(jit, &mut ctx, tb, block, self.signals.pending_word(), Some(&dispatch));
                 self.counts.runs_compiled += 1 + r.chained;
                 self.counts.guest_insns += r.chained_insns;
                 if let TbExit::Goto { slot, .. } = r.exit {
@@ -384,6 +389,8 @@ impl TcgVcpu {
             TbExit::Lookup | TbExit::Goto { .. } => Step::Continue,
             TbExit::Halt => {
                 self.state.halted = true;
+                // HLT was the instruction an STI shadow covered, if any.
+                self.state.hflags &= !hflags::INHIBIT_IRQ;
                 Step::Continue
             }
             TbExit::Exception { exception, next_pc, .. } => self.deliver(exception, next_pc),

@@ -319,7 +319,7 @@ fn compiled_blocks_and_host_code_match_the_reference_interpreter() {
             let block = tb.compile_with(&jit).unwrap_or_else(|| panic!("JIT declined, {}", ctx_msg()));
             let (mut s3, mut m3) = (state.clone(), mem.clone());
             let mut ctx = context(&mut s3, &mut m3, &code_pages);
-            let jitted = crate::tcg::jit::run(&jit, &mut ctx, &tb, block, no_signals.as_ptr()).exit;
+            let jitted = crate::tcg::jit::run(&jit, &mut ctx, &tb, block, no_signals.as_ptr(), None).exit;
             assert_eq!(jitted, want, "JIT exit, {}", ctx_msg());
             assert_eq!(s3.gpr, s1.gpr, "JIT GPRs, {}", ctx_msg());
             assert_eq!((s3.rip, s3.cc_op, s3.cc_dst), (s1.rip, s1.cc_op, s1.cc_dst), "JIT RIP/cc, {}", ctx_msg());

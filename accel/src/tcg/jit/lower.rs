@@ -22,7 +22,7 @@ use crate::tcg::chain::ChainLink;
 use crate::tcg::interp::env_access_ok;
 use crate::tcg::ir::{BinOp, Cond, ExtKind, MemFlags, MemSize, UnOp, MAX_HELPER_ARGS};
 use crate::tcg::mmu::fast_tlb::{self, FastEntry};
-use crate::tcg::state::X86State;
+use crate::tcg::state::{hflags, X86State};
 
 const I64: types::Type = types::I64;
 
@@ -36,6 +36,7 @@ struct Sigs {
     code_written: SigRef,
     /// A compiled block's (tail-called when chaining).
     block: SigRef,
+    next_block: SigRef,
 }
 
 fn signature(call_conv: CallConv, params: usize, returns: bool) -> Signature {
@@ -89,6 +90,7 @@ pub(super) fn lower(
         store_env: b.import_signature(signature(call_conv, 4, false)),
         code_written: b.import_signature(signature(call_conv, 2, false)),
         block: b.import_signature(super::block_signature()),
+        next_block: b.import_signature(signature(call_conv, 1, true)),
     };
     let tlb = b.ins().load(I64, ClMem::trusted(), frame, offsets::TLB);
     let zero = b.ins().iconst(I64, 0);
@@ -414,7 +416,17 @@ impl Lowering<'_, '_, '_> {
                 let moved = self.b.ins().icmp(IntCC::NotEqual, now, start);
                 self.exit_if(moved, exit::smc(insn));
             }
-            X::Exit { kind: ExitKind2::Lookup } => self.ret(exit::LOOKUP),
+            X::Exit { kind: ExitKind2::Lookup } => {
+                let (sig, frame) = (self.sigs.next_block, self.frame);
+                let next = self.call_runtime(sig, runtime::next_block as *const () as usize, &[frame]);
+                let exit = self.b.create_block();
+                let none = self.b.ins().icmp_imm_u(IntCC::Equal, next.unwrap_or(frame), 0);
+                self.continue_unless(none, exit);
+                let sig = self.sigs.block;
+                self.b.ins().return_call_indirect(sig, next.unwrap_or(frame), &[frame]);
+                self.b.switch_to_block(exit);
+                self.ret(exit::LOOKUP);
+            }
             X::Exit { kind: ExitKind2::Halt } => self.ret(exit::HALT),
             X::Raise { insn, exc } => self.ret(exit::raise(insn, exc)),
             X::GotoTb { slot, pc } => {
@@ -532,7 +544,8 @@ impl Lowering<'_, '_, '_> {
     }
 
     /// Tail-calls the block `slot` is linked to, if the link is live, the
-    /// budget not spent and no signal pending; falls through otherwise.
+    /// budget not spent, no signal pending and no interrupt shadow open;
+    /// falls through otherwise.
     fn chain(&mut self, slot: u8) {
         let exit = self.b.create_block();
         let link_addr = self.imm(self.links + 8 * u64::from(slot));
@@ -545,6 +558,10 @@ impl Lowering<'_, '_, '_> {
         let signals = self.b.ins().load(I64, ClMem::trusted(), self.frame, offsets::SIGNALS);
         let pending = self.b.ins().atomic_load(types::I32, ClMem::trusted(), signals);
         self.continue_unless(pending, exit);
+        // An STI / MOV SS shadow is the vCPU loop's to end.
+        let flags = self.b.ins().load(I64, ClMem::trusted(), self.state, offset_of!(X86State, hflags) as i32);
+        let shadow = self.b.ins().band_imm_u(flags, hflags::INHIBIT_IRQ as i64);
+        self.continue_unless(shadow, exit);
         let generation = self.b.ins().load(I64, ClMem::trusted(), self.frame, offsets::GENERATION);
         let now = self.b.ins().atomic_load(I64, ClMem::trusted(), generation);
         let field = |f: usize| f as i32;

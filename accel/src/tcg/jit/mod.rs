@@ -20,6 +20,7 @@ mod lower;
 mod runtime;
 
 pub use compiler::Compiler;
+pub use runtime::Dispatch;
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
@@ -236,13 +237,15 @@ pub struct ChainExit<'t> {
 
 /// Runs compiled block `tb` (`block` is its entry) and whatever it chains
 /// to; the exit has [`super::bytecode::run`]'s contract for the block
-/// that exited. `signals` is the vCPU's pending-signal word.
+/// that exited. `signals` is the vCPU's pending-signal word; `dispatch`
+/// lets indirect exits go on to the next block without returning.
 pub fn run<'t>(
     jit: &Jit,
     ctx: &mut CpuContext<'_>,
     tb: &'t TranslationBlock,
     block: CompiledBlock,
     signals: *const u32,
+    dispatch: Option<&Dispatch<'_>>,
 ) -> ChainExit<'t> {
     let start_rip = ctx.state.rip;
     let generation_start = ctx.code_pages.generation();
@@ -261,6 +264,7 @@ pub fn run<'t>(
         tb,
         code: tb.code(),
         chained_insns: 0,
+        dispatch,
         ctx,
         exception: None,
     };

@@ -5,6 +5,9 @@
 //! Every entry point returns a status (0 = go on, 1 = an exception is stored
 //! in the frame) and leaves a value, if any, in [`JitFrame::value`].
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
 use crate::tcg::bytecode::Code;
 use crate::tcg::context::CpuContext;
 use crate::tcg::exception::Exception;
@@ -12,7 +15,8 @@ use crate::tcg::interp::{bin, st_env, stack_fault};
 use crate::tcg::ir::{BinOp, MemFlags, MemSize, MAX_HELPER_ARGS};
 use crate::tcg::mmu::fast_tlb::FastEntry;
 use crate::tcg::mmu::{Access, Privilege};
-use crate::tcg::tb_cache::TranslationBlock;
+use crate::tcg::state::{hflags, rflags, seg};
+use crate::tcg::tb_cache::{JumpCache, TbCache, TranslationBlock};
 
 /// A block's run-time frame; compiled code reaches its fields by offset.
 #[repr(C)]
@@ -38,6 +42,8 @@ pub(super) struct JitFrame<'c, 'a> {
     pub(super) code: *const Code,
     /// Guest instructions of the blocks entered by chaining (statistics).
     pub(super) chained_insns: u64,
+    /// Where indirect exits look for their next block (none: they return).
+    pub(super) dispatch: Option<&'c Dispatch<'c>>,
     pub(super) ctx: &'c mut CpuContext<'a>,
     /// The exception an entry point returned status 1 for.
     pub(super) exception: Option<Exception>,
@@ -71,6 +77,51 @@ pub(super) mod offsets {
 
 /// The trampoline that enters compiled block `entry` with `frame`.
 pub(super) type Trampoline = unsafe extern "C" fn(frame: *mut JitFrame<'_, '_>, entry: u64) -> u64;
+
+/// What the vCPU loop lends compiled code to find the next block of an
+/// indirect jump itself (QEMU's `lookup_and_goto_ptr`).
+pub struct Dispatch<'v> {
+    pub jump_cache: &'v JumpCache,
+    pub tb_cache: &'v TbCache,
+    /// The vCPU loop has an interrupt to deliver once RFLAGS.IF allows.
+    pub irq_pending: bool,
+}
+
+/// An indirect exit (`RIP` stored): the compiled entry of the block for
+/// the new RIP, with the frame moved to it, or 0 to return to the vCPU
+/// loop. Only exact jump-cache hits of compiled blocks qualify, and only
+/// while the chain's budget lasts, no signal or deliverable interrupt
+/// waits, no interrupt shadow is open and no code was invalidated (the
+/// loop must drop it first).
+pub(super) extern "C" fn next_block(frame: *mut JitFrame<'_, '_>) -> u64 {
+    // SAFETY: as in `load`.
+    let frame = unsafe { &mut *frame };
+    let Some(d) = frame.dispatch else { return 0 };
+    // SAFETY: `signals` points to the vCPU's pending word, alive for the run.
+    let signalled = unsafe { (*frame.signals.cast::<AtomicU32>()).load(Ordering::Relaxed) } != 0;
+    let ctx = &*frame.ctx;
+    let state = &*ctx.state;
+    // The STI / MOV SS shadow is the vCPU loop's to end (at its next block).
+    if frame.budget == 0
+        || signalled
+        || state.hflags & hflags::INHIBIT_IRQ != 0
+        || (d.irq_pending && state.rflags & rflags::IF != 0)
+        || ctx.code_pages.generation() != frame.generation_start
+    {
+        return 0;
+    }
+    let code64 = state.hflags & hflags::CS64 != 0;
+    let cs_base = if code64 { 0 } else { state.segs[seg::CS].base };
+    let key = state.hflags & hflags::TB_KEY_MASK;
+    let epoch = ctx.mem.tlb_epoch();
+    let Some(tb) = d.jump_cache.find_hit(d.tb_cache.generation(), state.rip, cs_base, key, epoch) else { return 0 };
+    let Some(entry) = tb.compiled_entry() else { return 0 };
+    frame.budget -= 1;
+    frame.chained_insns += tb.code().insn_count() as u64;
+    frame.tb = Arc::as_ptr(tb);
+    frame.code = tb.code();
+    entry
+}
 
 /// Packs a memory access's shape into one argument.
 pub(super) fn mem_desc(size: MemSize, sign: bool, flags: MemFlags) -> u64 {

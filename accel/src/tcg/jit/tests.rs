@@ -52,7 +52,7 @@ fn exec(state: &mut X86State, mem: &mut Flat, c: &Compiled) -> TbExit {
     let code_pages = CodePages::with_pages(0);
     let mut ctx = context(state, mem, &code_pages);
     let block = c.tb.compile_with(&c.jit).expect("compiled");
-    run(&c.jit, &mut ctx, &c.tb, block, no_signals.as_ptr()).exit
+    run(&c.jit, &mut ctx, &c.tb, block, no_signals.as_ptr(), None).exit
 }
 
 /// `RAX = f(RAX, RCX)` for one operation, operands loaded from the state so
