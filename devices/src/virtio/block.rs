@@ -2,7 +2,8 @@
 //!
 //! Requests are served synchronously on the event loop with positional
 //! reads and writes (no shared file offset), through a bounded bounce
-//! buffer. Every guest buffer is checked before use; a request the device
+//! buffer: one system call per megabyte of a request, whatever the number
+//! of guest buffers. Every guest buffer is checked before use; a request the device
 //! can't serve gets an error status, and a chain with nowhere to put a
 //! status marks the device as needing a reset.
 
@@ -47,7 +48,7 @@ const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// Request header: type, reserved (ioprio), sector.
 const HEADER_LEN: u64 = 16;
 /// Bounce buffer size: large requests go through it in pieces.
-const CHUNK: usize = 128 << 10;
+const CHUNK: usize = 1 << 20;
 /// capacity, size_max, seg_max, geometry, blk_size.
 const CONFIG_LEN: usize = 24;
 
@@ -228,41 +229,68 @@ impl Block {
             .ok_or_else(|| Failure::guest(format_args!("sector {sector} + {len} bytes is past the disk's end")))
     }
 
-    fn read_into(&mut self, ram: &GuestRam, mut offset: u64, dst: &Segments) -> Result<u64, Failure> {
+    /// Reads the image at `offset` into the guest buffers `dst`: one
+    /// `pread` per bounce-buffer load (up to [`CHUNK`] bytes, many guest
+    /// pages), not one per buffer.
+    fn read_into(&mut self, ram: &GuestRam, offset: u64, dst: &Segments) -> Result<u64, Failure> {
         let mut written = 0u64;
-        self.bounce.resize(CHUNK, 0);
-        for seg in dst.iter() {
-            let mut done = 0u64;
-            while done < u64::from(seg.len) {
-                let n = (u64::from(seg.len) - done).min(CHUNK as u64) as usize;
-                let buf = &mut self.bounce[..n];
-                let fail = |e: &dyn std::fmt::Display| Failure { written, ..Failure::host("read", e) };
-                self.file.read_exact_at(buf, offset).map_err(|e| fail(&e))?;
-                ram.write(buf, GuestAddress(seg.addr.0 + done)).map_err(|e| fail(&e))?;
-                offset += n as u64;
-                done += n as u64;
+        for group in chunks(dst) {
+            let len = group.iter().map(|&(_, n)| n).sum::<usize>();
+            self.bounce.resize(len, 0);
+            let fail = |written, e: &dyn std::fmt::Display| Failure { written, ..Failure::host("read", e) };
+            self.file.read_exact_at(&mut self.bounce[..len], offset + written).map_err(|e| fail(written, &e))?;
+            let mut at = 0;
+            for (addr, n) in group {
+                ram.write(&self.bounce[at..at + n], addr).map_err(|e| fail(written, &e))?;
+                at += n;
                 written += n as u64;
             }
         }
         Ok(written)
     }
 
-    fn write_from(&mut self, ram: &GuestRam, mut offset: u64, src: &Segments) -> Result<(), Failure> {
-        self.bounce.resize(CHUNK, 0);
-        for seg in src.iter() {
-            let mut done = 0u64;
-            while done < u64::from(seg.len) {
-                let n = (u64::from(seg.len) - done).min(CHUNK as u64) as usize;
-                let buf = &mut self.bounce[..n];
-                ram.read(buf, GuestAddress(seg.addr.0 + done)).map_err(|e| Failure::host("write", &e))?;
-                self.dirty = true;
-                self.file.write_all_at(buf, offset).map_err(|e| Failure::host("write", &e))?;
-                offset += n as u64;
-                done += n as u64;
+    /// Writes the guest buffers `src` to the image at `offset`, gathered as
+    /// [`Self::read_into`] scatters.
+    fn write_from(&mut self, ram: &GuestRam, offset: u64, src: &Segments) -> Result<(), Failure> {
+        let mut done = 0u64;
+        for group in chunks(src) {
+            let len = group.iter().map(|&(_, n)| n).sum::<usize>();
+            self.bounce.resize(len, 0);
+            let mut at = 0;
+            for (addr, n) in group {
+                ram.read(&mut self.bounce[at..at + n], addr).map_err(|e| Failure::host("write", &e))?;
+                at += n;
             }
+            self.dirty = true;
+            self.file.write_all_at(&self.bounce[..len], offset + done).map_err(|e| Failure::host("write", &e))?;
+            done += len as u64;
         }
         Ok(())
     }
+}
+
+/// `segs` cut into groups of at most [`CHUNK`] bytes: (guest address,
+/// length) pieces in request order.
+fn chunks(segs: &Segments) -> Vec<Vec<(GuestAddress, usize)>> {
+    let mut groups = vec![Vec::new()];
+    let mut room = CHUNK;
+    for seg in segs.iter() {
+        let mut done = 0usize;
+        let len = seg.len as usize;
+        while done < len {
+            if room == 0 {
+                groups.push(Vec::new());
+                room = CHUNK;
+            }
+            let n = (len - done).min(room);
+            if let Some(g) = groups.last_mut() {
+                g.push((GuestAddress(seg.addr.0.wrapping_add(done as u64)), n));
+            }
+            done += n;
+            room -= n;
+        }
+    }
+    groups
 }
 
 /// A request that ends with a non-OK status.
