@@ -64,6 +64,28 @@ pub trait CpuBus: LinearMemory {
     fn tlb_epoch(&self) -> u64 {
         0
     }
+    /// `[linear, linear + len)` as guest RAM for `access` at the current
+    /// privilege, when it lies in one page of plain RAM (faults as an
+    /// access there would); `None` sends the caller to element-wise
+    /// accesses (MMIO, page crossings, test doubles).
+    fn ram_span(
+        &mut self,
+        _state: &mut X86State,
+        _linear: u64,
+        _len: usize,
+        _access: Access,
+    ) -> Result<Option<RamSpan>> {
+        Ok(None)
+    }
+}
+
+/// A run of guest RAM inside one page: its host mapping and physical
+/// address. Valid while the vCPU's current access lasts (guest RAM stays
+/// mapped for the VM's lifetime).
+#[derive(Debug, Clone, Copy)]
+pub struct RamSpan {
+    pub host: *mut u8,
+    pub phys: u64,
 }
 
 /// Things a helper asks the vCPU loop to do once the block has returned.
@@ -131,5 +153,8 @@ impl CpuBus for CpuMemory {
     }
     fn tlb_epoch(&self) -> u64 {
         self.tlb().epoch()
+    }
+    fn ram_span(&mut self, state: &mut X86State, linear: u64, len: usize, access: Access) -> Result<Option<RamSpan>> {
+        CpuMemory::ram_span(self, state, linear, len, access)
     }
 }

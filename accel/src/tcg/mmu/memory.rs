@@ -94,6 +94,26 @@ impl CpuMemory {
         }
     }
 
+    /// See [`crate::tcg::context::CpuBus::ram_span`].
+    pub fn ram_span(
+        &mut self,
+        state: &X86State,
+        linear: u64,
+        len: usize,
+        access: Access,
+    ) -> Result<Option<crate::tcg::context::RamSpan>> {
+        let linear = Self::linear(state, linear);
+        let off = (linear & PAGE_OFFSET) as usize;
+        if len == 0 || off + len > PAGE {
+            return Ok(None);
+        }
+        let e = self.entry(state, linear, access, Privilege::Current)?;
+        Ok(e.host.map(|h| crate::tcg::context::RamSpan {
+            host: h.as_ptr().wrapping_add(off),
+            phys: e.phys_page + off as u64,
+        }))
+    }
+
     /// The fast TLB table for the current privilege class.
     pub fn fast_table(&self, state: &X86State) -> *const FastEntry {
         self.fast.table(state.cpl() == 3)

@@ -7,6 +7,7 @@
 //! at the same instruction, so interrupts and kicks are seen between chunks.
 
 use iced_x86::{Instruction, Mnemonic, OpKind, Register};
+use vm_memory::VolatileSlice;
 
 use super::builder::IrBuilder;
 use super::Lowered;
@@ -161,7 +162,11 @@ fn helper_string(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exceptio
         let port = ctx.state.gpr[reg::RDX] as u16;
         crate::tcg::system::io_permitted(ctx.state, &mut *ctx.mem, port, elem.min(4) as u8)?;
     }
+    let bulk_kind = rep != REP_NONE && matches!(kind, Kind::Movs | Kind::Stos);
     for _ in 0..CHUNK {
+        if bulk_kind && regs.get(ctx.state, reg::RCX) != 0 && bulk(ctx, kind, elem, &regs, src_seg)? {
+            continue;
+        }
         let s = &mut *ctx.state;
         if rep != REP_NONE && regs.get(s, reg::RCX) == 0 {
             return Ok(0);
@@ -234,6 +239,72 @@ fn helper_string(ctx: &mut CpuContext<'_>, args: &[u64]) -> Result<u64, Exceptio
         }
     }
     Ok(1)
+}
+
+/// REP MOVS / REP STOS going up through plain RAM: the elements that fit
+/// in the current destination (and source) page at once, as one copy or
+/// fill, then the registers advanced past them. False (nothing done) sends
+/// the caller element by element: DF set, MMIO, fewer than two elements,
+/// an address-size wrap, or overlapping MOVS (whose element-wise result
+/// differs from a block copy). A fault can only come from translating the
+/// two pages, before anything is written: precise, as element-wise.
+fn bulk(ctx: &mut CpuContext<'_>, kind: Kind, elem: usize, regs: &Regs, src_seg: usize) -> Result<bool, Exception> {
+    let s = &*ctx.state;
+    if s.rflags & rf::DF != 0 {
+        return Ok(false);
+    }
+    let (rsi, rdi) = (regs.get(s, reg::RSI), regs.get(s, reg::RDI));
+    let (src, dst) = (linear(s, src_seg, rsi), linear(s, seg::ES, rdi));
+    let room = |a: u64| (0x1000 - (a & 0xfff)) / elem as u64;
+    let mut n = regs.get(s, reg::RCX).min(room(dst));
+    if kind == Kind::Movs {
+        n = n.min(room(src));
+    }
+    let bytes = n * elem as u64;
+    let wraps = |r: u64| r.checked_add(bytes).is_none_or(|end| end - 1 > regs.addr_mask);
+    if n < 2 || wraps(rdi) || (kind == Kind::Movs && wraps(rsi)) {
+        return Ok(false);
+    }
+    let len = bytes as usize;
+    let from = match kind {
+        Kind::Movs => match ctx.mem.ram_span(ctx.state, src, len, Access::Read)? {
+            Some(span) => Some(span),
+            None => return Ok(false),
+        },
+        _ => None,
+    };
+    let Some(to) = ctx.mem.ram_span(ctx.state, dst, len, Access::Write)? else { return Ok(false) };
+    // SAFETY: `ram_span` gave `len` bytes of guest RAM inside one page,
+    // which stays mapped for the VM's lifetime; guest RAM is only accessed
+    // through volatile or atomic operations (VolatileSlice's copies).
+    let to_slice = unsafe { VolatileSlice::new(to.host, len) };
+    match from {
+        Some(from) => {
+            if from.phys < to.phys + bytes && to.phys < from.phys + bytes {
+                return Ok(false);
+            }
+            // SAFETY: as for `to_slice`.
+            let from_slice = unsafe { VolatileSlice::new(from.host, len) };
+            from_slice.copy_to_volatile_slice(to_slice);
+        }
+        None => {
+            let value = ctx.state.gpr[reg::RAX].to_le_bytes();
+            let mut pattern = [0u8; 4096];
+            for e in pattern[..len].chunks_mut(elem) {
+                e.copy_from_slice(&value[..elem]);
+            }
+            to_slice.copy_from(&pattern[..len]);
+        }
+    }
+    ctx.code_pages.notify_write(to.phys, bytes);
+    let s = &mut *ctx.state;
+    regs.set(s, reg::RDI, rdi + bytes);
+    if kind == Kind::Movs {
+        regs.set(s, reg::RSI, rsi + bytes);
+    }
+    let left = regs.get(s, reg::RCX) - n;
+    regs.set(s, reg::RCX, left);
+    Ok(true)
 }
 
 fn write_acc(s: &mut X86State, size: OpSize, v: u64) {
