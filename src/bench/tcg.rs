@@ -133,8 +133,8 @@ pub fn run(opts: &Options) -> Result<(Report, bool), BenchError> {
     }
     for kind in KINDS {
         for (num, den, what) in [
-            ("kvm_cpl3", "tcg_cpl0", "native (KVM CPL3) / TCG CPL0: interpreter slowdown"),
-            ("tcg_cpl0", "kvm_cpl0", "TCG CPL0 / KVM CPL0: interpreter vs the host's CPL0 path"),
+            ("kvm_cpl3", "tcg_cpl0", "native (KVM CPL3) / TCG CPL0: TCG slowdown"),
+            ("tcg_cpl0", "kvm_cpl0", "TCG CPL0 / KVM CPL0: TCG vs the host's CPL0 path"),
         ] {
             let mips = |id: &str| report.median(&format!("rxvmm.{id}.{}.mips", kind.name()));
             let outcome = match (mips(num), mips(den)) {
