@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use super::chain::{ChainStore, Links};
 use super::ir::Op;
-use super::jit::{CompiledBlock, Compiler, Jit};
+use super::jit::{CompiledBlock, Compiler, Jit, JitError};
 use super::mmu::CodePages;
 use super::JitPolicy;
 use super::{bytecode, interp};
@@ -116,7 +116,12 @@ impl TranslationBlock {
         if let Some(c) = self.compiled.get() {
             return *c;
         }
-        let c = match jit.compile(&self.code, self.links.address()) {
+        self.set_compiled(jit.compile(&self.code, self.links.address()))
+    }
+
+    /// Records what compiling the block gave (the first result stands).
+    pub fn set_compiled(&self, result: Result<CompiledBlock, JitError>) -> Option<CompiledBlock> {
+        let c = match result {
             Ok(c) => Some(c),
             Err(e) => {
                 log::debug!("TCG: block at {:#x} stays interpreted: {e}", self.pc);

@@ -91,8 +91,23 @@ impl Drop for Compiler {
     }
 }
 
+/// Blocks compiled together at most: enough to amortise making code
+/// executable, few enough that the first of them isn't kept waiting.
+const BATCH: usize = 16;
+
 fn compile_loop(jit: &Jit, queue: &Receiver<Arc<TranslationBlock>>) {
-    while let Ok(tb) = queue.recv() {
-        tb.compile_with(jit);
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match queue.try_recv() {
+                Ok(tb) => batch.push(tb),
+                Err(_) => break,
+            }
+        }
+        batch.retain(|tb| tb.compiled_block().is_none());
+        let blocks: Vec<_> = batch.iter().map(|tb| (tb.code(), tb.links().address())).collect();
+        for (tb, result) in batch.iter().zip(jit.compile_batch(&blocks)) {
+            tb.set_compiled(result);
+        }
     }
 }

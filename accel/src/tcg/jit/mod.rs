@@ -30,7 +30,7 @@ use cranelift_codegen::isa::{CallConv, OwnedTargetIsa};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{default_libcall_names, Module};
+use cranelift_module::{default_libcall_names, FuncId, Module};
 
 use super::bytecode::Code;
 use super::chain::CHAIN_BUDGET;
@@ -44,7 +44,7 @@ use runtime::{JitFrame, Trampoline};
 /// Runs of a block before it is compiled: most blocks run a few times
 /// (boot code, one-off initialisation); compiling them would cost more
 /// than interpreting them.
-pub const HOT_THRESHOLD: u32 = 200;
+pub const HOT_THRESHOLD: u32 = 500;
 
 /// Exit codes a compiled block returns: kind in the low byte, then the
 /// guest instruction index, then an exception index.
@@ -144,18 +144,35 @@ impl Jit {
     /// Compiles `code` to host code; its direct jumps chain through the
     /// block's links at `links` (see [`super::chain`]).
     pub fn compile(&self, code: &Code, links: u64) -> Result<CompiledBlock, JitError> {
-        let start = Instant::now();
-        let result = self.compile_locked(code, links);
-        if result.is_ok() {
-            stats::add(Counter::BlocksCompiled, 1);
-        }
-        stats::add(Counter::CompileNs, start.elapsed().as_nanos() as u64);
-        result
+        self.compile_batch(&[(code, links)]).pop().unwrap_or(Err(JitError::Unsupported("empty batch")))
     }
 
-    fn compile_locked(&self, code: &Code, links: u64) -> Result<CompiledBlock, JitError> {
+    /// Compiles several blocks and makes their code executable together
+    /// (one `mprotect` round, and the TLB shootdown it costs every thread,
+    /// for the batch rather than for each block).
+    pub fn compile_batch(&self, blocks: &[(&Code, u64)]) -> Vec<Result<CompiledBlock, JitError>> {
+        let start = Instant::now();
         let mut guard = self.module.lock().unwrap_or_else(PoisonError::into_inner);
-        let JitModule { module, ctx, builder } = &mut *guard;
+        let defined: Vec<_> = blocks.iter().map(|&(code, links)| self.define(&mut guard, code, links)).collect();
+        let finalized = guard.module.finalize_definitions().map_err(|e| JitError::Codegen(e.to_string()));
+        let results = defined
+            .into_iter()
+            .map(|id| match (&finalized, id) {
+                (Ok(()), Ok(id)) => {
+                    stats::add(Counter::BlocksCompiled, 1);
+                    Ok(CompiledBlock(guard.module.get_finalized_function(id) as u64))
+                }
+                (Err(e), Ok(_)) => Err(JitError::Codegen(e.to_string())),
+                (_, Err(e)) => Err(e),
+            })
+            .collect();
+        stats::add(Counter::CompileNs, start.elapsed().as_nanos() as u64);
+        results
+    }
+
+    /// Lowers and compiles one block into the module (not yet executable).
+    fn define(&self, m: &mut JitModule, code: &Code, links: u64) -> Result<FuncId, JitError> {
+        let JitModule { module, ctx, builder } = m;
         module.clear_context(ctx);
         ctx.func.signature = block_signature();
         ctx.func.name = UserFuncName::default();
@@ -176,8 +193,7 @@ impl Jit {
             stats::add(Counter::JitCodeBytes, c.code_buffer().len() as u64);
         }
         module.clear_context(ctx);
-        module.finalize_definitions().map_err(|e| JitError::Codegen(e.to_string()))?;
-        Ok(CompiledBlock(module.get_finalized_function(id) as u64))
+        Ok(id)
     }
 }
 
