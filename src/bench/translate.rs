@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use accel::tcg::context::CpuBus;
 use accel::tcg::exception::{pf, Exception, Result as ExcResult};
-use accel::tcg::ir::Op;
 use accel::tcg::mmu::{Access, CodePages, LinearMemory, Privilege};
 use accel::tcg::state::{hflags, X86State};
 use accel::tcg::translate::translate_block;
@@ -117,8 +116,8 @@ pub fn sweep(code: &[u8], base: u64, max_blocks: usize) -> TranslateStats {
         };
         stats.blocks += 1;
         stats.block_ns.push(best.as_nanos() as f64);
-        stats.insns += tb.ops().iter().filter(|op| matches!(op, Op::InsnStart { .. })).count() as u64;
-        stats.ops += tb.ops().len() as u64;
+        stats.insns += tb.code().insn_count() as u64;
+        stats.ops += tb.ir_len() as u64;
         // Undecodable bytes make a one-byte #UD block.
         pc += tb.guest_len.max(1);
     }

@@ -34,10 +34,11 @@ pub struct TranslationBlock {
     pub pages: Vec<u64>,
     /// Bytes of guest code covered.
     pub guest_len: u64,
-    ops: Vec<Op>,
-    num_temps: usize,
-    label_pos: Vec<usize>,
-    /// The same ops in the interpreter's compiled form.
+    /// IR ops the block was lowered to (statistics; the IR itself is
+    /// dropped once compiled, the block's largest part).
+    ir_len: usize,
+    /// The ops in the interpreter's compiled form, what both the
+    /// interpreter and the JIT work from.
     code: bytecode::Code,
     /// Runs so far, until the block is hot.
     runs: AtomicU32,
@@ -71,10 +72,6 @@ impl TranslationBlock {
             }
         };
         let code = bytecode::compile(&ops, num_temps, &label_pos);
-        // The builder reserves room for long blocks; tens of thousands of
-        // blocks live at once, so keep only what is used.
-        let mut ops = ops;
-        ops.shrink_to_fit();
         TranslationBlock {
             pc,
             cs_base,
@@ -82,9 +79,7 @@ impl TranslationBlock {
             phys_pc,
             pages,
             guest_len,
-            ops,
-            num_temps,
-            label_pos,
+            ir_len: ops.len(),
             code,
             runs: AtomicU32::new(0),
             compiled: OnceLock::new(),
@@ -140,14 +135,9 @@ impl TranslationBlock {
         &self.links
     }
 
-    pub fn ops(&self) -> &[Op] {
-        &self.ops
-    }
-    pub fn num_temps(&self) -> usize {
-        self.num_temps
-    }
-    pub fn label_pos(&self) -> &[usize] {
-        &self.label_pos
+    /// IR ops the block was lowered to.
+    pub fn ir_len(&self) -> usize {
+        self.ir_len
     }
 }
 

@@ -168,9 +168,9 @@ pub fn run_code(state: &mut X86State, mem: &mut Flat, code: &[u8]) -> TbExit {
         Ok(tb) => tb,
         Err(e) => return TbExit::Exception { exception: e, pc: CODE, next_pc: CODE },
     };
-    let mut temps = vec![0; tb.num_temps()];
+    let mut temps = vec![0; tb.code().num_temps()];
     let mut ctx = context(state, mem, &code_pages);
-    execute(&mut ctx, tb.ops(), tb.label_pos(), &mut temps)
+    crate::tcg::bytecode::run(&mut ctx, tb.code(), &mut temps)
 }
 
 /// Runs `insn` as a guest from `regs` and `data` (at [`DATA`], RSI
