@@ -192,6 +192,7 @@ impl Lowering<'_, '_, '_> {
         let out = self.b.create_block();
         let next = self.b.create_block();
         self.b.ins().brif(status, out, &[], next, &[]);
+        self.b.set_cold_block(out);
         self.b.switch_to_block(out);
         let r = self.b.ins().iconst(I64, exit_code as i64);
         self.b.ins().return_(&[r]);
@@ -495,6 +496,7 @@ impl Lowering<'_, '_, '_> {
         };
         self.b.ins().jump(join, &[BlockArg::Value(v)]);
 
+        self.b.set_cold_block(slow);
         self.b.switch_to_block(slow);
         let desc = self.imm(runtime::mem_desc(size, sign, flags));
         let (sig, frame) = (self.sigs.load, self.frame);
@@ -528,11 +530,13 @@ impl Lowering<'_, '_, '_> {
         let code = self.b.ins().band_imm_u(bit, 1);
         let notify = self.b.create_block();
         self.b.ins().brif(code, notify, &[], join, &[]);
+        self.b.set_cold_block(notify);
         self.b.switch_to_block(notify);
         let (sig, frame) = (self.sigs.code_written, self.frame);
         self.call_runtime(sig, runtime::code_written as *const () as usize, &[frame, page]);
         self.b.ins().jump(join, &[]);
 
+        self.b.set_cold_block(slow);
         self.b.switch_to_block(slow);
         let desc = self.imm(runtime::mem_desc(size, false, flags));
         let (sig, frame) = (self.sigs.store, self.frame);
