@@ -13,6 +13,7 @@ use super::exception::Exception;
 use super::flags::CcOp;
 use super::ir::{BinOp, ExtKind, MemFlags, MemSize, Op, UnOp};
 use super::mmu::walker::is_canonical;
+use super::mmu::{Access, Privilege};
 use super::state::{Msrs, TableReg, X86State};
 
 /// Why a block stopped.
@@ -194,6 +195,42 @@ pub(super) fn stack_fault(e: Exception, flags: MemFlags, addr: u64, size: usize)
     } else {
         e
     }
+}
+
+/// An IR guest-memory load of `size` bytes at linear `addr` (checked for
+/// write permission when it is an RMW's read), sign-extended if asked,
+/// faulting as [`stack_fault`] says.
+pub(super) fn guest_load(
+    ctx: &mut CpuContext<'_>,
+    addr: u64,
+    size: MemSize,
+    sign: bool,
+    flags: MemFlags,
+) -> Result<u64, Exception> {
+    let access = if flags.contains(MemFlags::RMW) { Access::Write } else { Access::Read };
+    let v = ctx
+        .mem
+        .read(ctx.state, addr, size.bytes(), access, Privilege::Current)
+        .map_err(|e| stack_fault(e, flags, addr, size.bytes()))?;
+    Ok(if sign {
+        let shift = 64 - 8 * size.bytes() as u32;
+        (((v << shift) as i64) >> shift) as u64
+    } else {
+        v
+    })
+}
+
+/// An IR guest-memory store of the low `size` bytes of `value` at `addr`.
+pub(super) fn guest_store(
+    ctx: &mut CpuContext<'_>,
+    addr: u64,
+    size: MemSize,
+    value: u64,
+    flags: MemFlags,
+) -> Result<(), Exception> {
+    ctx.mem
+        .write(ctx.state, addr, size.bytes(), value, Privilege::Current)
+        .map_err(|e| stack_fault(e, flags, addr, size.bytes()))
 }
 
 /// Runs `ops` (validated by [`validate`] against `temps.len()` and

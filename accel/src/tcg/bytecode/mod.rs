@@ -31,9 +31,9 @@ pub use compile::compile;
 
 use crate::tcg::context::CpuContext;
 use crate::tcg::exception::Exception;
-use crate::tcg::interp::{bin, ext, ld_env, st_env, st_env_raw, stack_fault, un, TbExit};
+use crate::tcg::interp::{bin, ext, guest_load, guest_store, ld_env, st_env, st_env_raw, un, TbExit};
 use crate::tcg::ir::{BinOp, Cond, ExtKind, Helper, MemFlags, MemSize, UnOp, MAX_HELPER_ARGS};
-use crate::tcg::mmu::{Access, Privilege};
+use crate::tcg::state::X86State;
 
 /// A temp index (blocks have far fewer than 65536 temps; checked).
 pub(super) type T = u16;
@@ -258,6 +258,25 @@ impl Code {
         self.num_temps
     }
 
+    /// The pc of guest instruction `insn` (`start_rip` if out of range).
+    pub(super) fn insn_pc(&self, insn: u16, start_rip: u64) -> u64 {
+        self.insns.get(usize::from(insn)).map_or(start_rip, |&(pc, _)| pc)
+    }
+
+    /// The exit for `exception` raised by guest instruction `insn`, with
+    /// RIP set to it (the IR's precise-exception rule: nothing of it was
+    /// committed).
+    pub(super) fn fault(&self, state: &mut X86State, start_rip: u64, exception: Exception, insn: u16) -> TbExit {
+        let (pc, len) = self.insns.get(usize::from(insn)).copied().unwrap_or((start_rip, 0));
+        state.rip = pc;
+        TbExit::Exception { exception, pc, next_pc: pc.wrapping_add(u64::from(len)) }
+    }
+
+    /// The exception a `Raise` op with index `exc` raises.
+    pub(super) fn raised(&self, exc: u16) -> Exception {
+        self.raises.get(usize::from(exc)).copied().unwrap_or_else(Exception::ud)
+    }
+
     /// Guest instructions in the block.
     pub fn insn_count(&self) -> usize {
         self.insns.len()
@@ -283,12 +302,6 @@ impl Code {
 pub fn run(ctx: &mut CpuContext<'_>, code: &Code, temps: &mut [u64]) -> TbExit {
     let start_rip = ctx.state.rip;
     let code_generation = ctx.code_pages.generation();
-    let insn = |i: u16| code.insns.get(usize::from(i)).copied().unwrap_or((start_rip, 0));
-    let fault = |exception: Exception, (pc, len): (u64, u8)| TbExit::Exception {
-        exception,
-        pc,
-        next_pc: pc.wrapping_add(u64::from(len)),
-    };
     if temps.len() < code.num_temps {
         log::error!("TCG: {} temps for a block needing {}", temps.len(), code.num_temps);
         return TbExit::Lookup;
@@ -327,36 +340,18 @@ pub fn run(ctx: &mut CpuContext<'_>, code: &Code, temps: &mut [u64]) -> TbExit {
             X::StEnv64 { s, off } => st_env_raw(ctx.state, off, MemSize::B8, t!(s)),
             X::StEnv { s, off, size } => st_env(ctx.state, off, size, t!(s)),
             X::StEnvI { off, size, imm } => st_env_raw(ctx.state, off, size, imm),
-            X::Load { d, addr, insn: n, size, sign, flags } => {
-                let access = if flags.contains(MemFlags::RMW) { Access::Write } else { Access::Read };
-                match ctx.mem.read(ctx.state, t!(addr), size.bytes(), access, Privilege::Current) {
-                    Ok(v) => {
-                        t!(d) = if sign {
-                            let shift = 64 - 8 * size.bytes() as u32;
-                            (((v << shift) as i64) >> shift) as u64
-                        } else {
-                            v
-                        }
-                    }
-                    Err(e) => {
-                        let at = insn(n);
-                        ctx.state.rip = at.0;
-                        return fault(stack_fault(e, flags, t!(addr), size.bytes()), at);
-                    }
-                }
-            }
+            X::Load { d, addr, insn: n, size, sign, flags } => match guest_load(ctx, t!(addr), size, sign, flags) {
+                Ok(v) => t!(d) = v,
+                Err(e) => return code.fault(ctx.state, start_rip, e, n),
+            },
             X::Store { s, addr, insn: n, size, flags } => {
-                if let Err(e) = ctx.mem.write(ctx.state, t!(addr), size.bytes(), t!(s), Privilege::Current) {
-                    let at = insn(n);
-                    ctx.state.rip = at.0;
-                    return fault(stack_fault(e, flags, t!(addr), size.bytes()), at);
+                if let Err(e) = guest_store(ctx, t!(addr), size, t!(s), flags) {
+                    return code.fault(ctx.state, start_rip, e, n);
                 }
             }
             X::StoreI { imm, addr, insn: n, size, flags } => {
-                if let Err(e) = ctx.mem.write(ctx.state, t!(addr), size.bytes(), imm, Privilege::Current) {
-                    let at = insn(n);
-                    ctx.state.rip = at.0;
-                    return fault(stack_fault(e, flags, t!(addr), size.bytes()), at);
+                if let Err(e) = guest_store(ctx, t!(addr), size, imm, flags) {
+                    return code.fault(ctx.state, start_rip, e, n);
                 }
             }
             X::Call { site, insn: n } => {
@@ -372,11 +367,7 @@ pub fn run(ctx: &mut CpuContext<'_>, code: &Code, temps: &mut [u64]) -> TbExit {
                             t!(r) = v;
                         }
                     }
-                    Err(e) => {
-                        let at = insn(n);
-                        ctx.state.rip = at.0;
-                        return fault(e, at);
-                    }
+                    Err(e) => return code.fault(ctx.state, start_rip, e, n),
                 }
             }
             X::Br { to } => i = to as usize,
@@ -392,18 +383,13 @@ pub fn run(ctx: &mut CpuContext<'_>, code: &Code, temps: &mut [u64]) -> TbExit {
             }
             X::SmcCheck { insn: n } => {
                 if ctx.code_pages.generation() != code_generation {
-                    ctx.state.rip = insn(n).0;
+                    ctx.state.rip = code.insn_pc(n, start_rip);
                     return TbExit::Lookup;
                 }
             }
             X::Exit { kind: ExitKind2::Lookup } => return TbExit::Lookup,
             X::Exit { kind: ExitKind2::Halt } => return TbExit::Halt,
-            X::Raise { insn: n, exc } => {
-                let e = code.raises.get(usize::from(exc)).copied().unwrap_or_else(Exception::ud);
-                let at = insn(n);
-                ctx.state.rip = at.0;
-                return fault(e, at);
-            }
+            X::Raise { insn: n, exc } => return code.fault(ctx.state, start_rip, code.raised(exc), n),
             X::GotoTb { slot, pc } => {
                 ctx.state.rip = pc;
                 return TbExit::Goto { slot, pc };

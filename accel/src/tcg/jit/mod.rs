@@ -302,25 +302,16 @@ pub fn run<'t>(
     let exception = frame.exception.take();
     let ctx = frame.ctx;
     let (kind, index, exc) = exit::decode(result);
-    let insn = |i: u16| code.insns.get(usize::from(i)).copied().unwrap_or((start_rip, 0));
-    let fault = |ctx: &mut CpuContext<'_>, exception: Exception, i: u16| {
-        let (pc, len) = insn(i);
-        ctx.state.rip = pc;
-        TbExit::Exception { exception, pc, next_pc: pc.wrapping_add(u64::from(len)) }
-    };
     let exit = match kind {
         exit::LOOKUP => TbExit::Lookup,
         exit::HALT => TbExit::Halt,
         exit::GOTO => TbExit::Goto { slot: index as u8, pc: ctx.state.rip },
-        exit::FAULT => fault(ctx, exception.unwrap_or_else(Exception::ud), index),
+        exit::FAULT => code.fault(ctx.state, start_rip, exception.unwrap_or_else(Exception::ud), index),
         exit::SMC => {
-            ctx.state.rip = insn(index).0;
+            ctx.state.rip = code.insn_pc(index, start_rip);
             TbExit::Lookup
         }
-        _ => {
-            let e = code.raises.get(usize::from(exc)).copied().unwrap_or_else(Exception::ud);
-            fault(ctx, e, index)
-        }
+        _ => code.fault(ctx.state, start_rip, code.raised(exc), index),
     };
     ChainExit { exit, last, chained, chained_insns }
 }

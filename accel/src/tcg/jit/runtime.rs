@@ -11,10 +11,10 @@ use std::sync::Arc;
 use crate::tcg::bytecode::Code;
 use crate::tcg::context::CpuContext;
 use crate::tcg::exception::Exception;
-use crate::tcg::interp::{bin, st_env, stack_fault};
+use crate::tcg::interp::{bin, guest_load, guest_store, st_env};
 use crate::tcg::ir::{BinOp, MemFlags, MemSize, MAX_HELPER_ARGS};
 use crate::tcg::mmu::fast_tlb::FastEntry;
-use crate::tcg::mmu::{Access, Privilege};
+use crate::tcg::mmu::Access;
 use crate::tcg::state::{hflags, rflags, seg};
 use crate::tcg::tb_cache::{JumpCache, TbCache, TranslationBlock};
 
@@ -128,8 +128,9 @@ pub(super) fn mem_desc(size: MemSize, sign: bool, flags: MemFlags) -> u64 {
     size.bytes() as u64 | u64::from(sign) << 8 | u64::from(flags.0) << 16
 }
 
-fn unpack(desc: u64) -> (usize, bool, MemFlags) {
-    ((desc & 0xff) as usize, desc & 0x100 != 0, MemFlags((desc >> 16) as u8))
+fn unpack(desc: u64) -> (MemSize, bool, MemFlags) {
+    let size = MemSize::from_bytes((desc & 0xff) as usize).unwrap_or(MemSize::B8);
+    (size, desc & 0x100 != 0, MemFlags((desc >> 16) as u8))
 }
 
 /// Guest-memory load: the value in `frame.value`.
@@ -138,21 +139,16 @@ pub(super) extern "C" fn load(frame: *mut JitFrame<'_, '_>, addr: u64, desc: u64
     // the block, and nothing else references it during this call.
     let frame = unsafe { &mut *frame };
     let (size, sign, flags) = unpack(desc);
-    let access = if flags.contains(MemFlags::RMW) { Access::Write } else { Access::Read };
     let ctx = &mut *frame.ctx;
-    match ctx.mem.read(ctx.state, addr, size, access, Privilege::Current) {
+    match guest_load(ctx, addr, size, sign, flags) {
         Ok(v) => {
+            let access = if flags.contains(MemFlags::RMW) { Access::Write } else { Access::Read };
             ctx.mem.fill_fast(ctx.state, addr, access);
-            frame.value = if sign {
-                let shift = 64 - 8 * size as u32;
-                (((v << shift) as i64) >> shift) as u64
-            } else {
-                v
-            };
+            frame.value = v;
             0
         }
         Err(e) => {
-            frame.exception = Some(stack_fault(e, flags, addr, size));
+            frame.exception = Some(e);
             1
         }
     }
@@ -164,13 +160,13 @@ pub(super) extern "C" fn store(frame: *mut JitFrame<'_, '_>, addr: u64, value: u
     let frame = unsafe { &mut *frame };
     let (size, _, flags) = unpack(desc);
     let ctx = &mut *frame.ctx;
-    match ctx.mem.write(ctx.state, addr, size, value, Privilege::Current) {
+    match guest_store(ctx, addr, size, value, flags) {
         Ok(()) => {
             ctx.mem.fill_fast(ctx.state, addr, Access::Write);
             0
         }
         Err(e) => {
-            frame.exception = Some(stack_fault(e, flags, addr, size));
+            frame.exception = Some(e);
             1
         }
     }
