@@ -24,9 +24,7 @@
 
 mod harness;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread;
+use std::sync::Arc;
 use std::time::Duration;
 
 use accel::{Accelerator, CpuState, DescriptorTable, Segment, VcpuExit, VmConfig};
@@ -252,23 +250,11 @@ fn bring_up(accel: &dyn Accelerator) -> Result<Outcome, String> {
     let ops = Arc::new(Recorder::default());
     let mut vcpu = vm.create_vcpu(0, ops.clone()).map_err(|e| format!("create_vcpu: {e}"))?;
     vcpu.set_cpu_state(&real_mode_state()).map_err(|e| format!("set_cpu_state: {e}"))?;
-    let kicker = vcpu.kicker();
-    let _ = ops.kicker.set(kicker.clone());
-    let (done, wait) = mpsc::channel::<()>();
-    let fired = Arc::new(AtomicBool::new(false));
-    let fired2 = fired.clone();
-    let dog = thread::spawn(move || {
-        if let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(Duration::from_secs(20)) {
-            fired2.store(true, Ordering::SeqCst);
-            kicker.kick();
-        }
-    });
-    let exit = vcpu.run();
-    drop(done);
-    dog.join().unwrap();
+    let _ = ops.kicker.set(vcpu.kicker());
+    let (exit, fired) = harness::run_with_watchdog(vcpu.as_mut(), Duration::from_secs(20));
     let serial: String = ops.pio_writes(SERIAL).iter().flat_map(|d| d.iter().map(|&b| b as char)).collect();
     let exit = exit.map_err(|e| format!("run: {e} (serial so far {serial:?})"))?;
-    if fired.load(Ordering::SeqCst) {
+    if fired {
         return Err(format!("timed out (serial so far {serial:?}):\n{}", vcpu.dump_state()));
     }
     if exit != VcpuExit::Kicked {

@@ -195,21 +195,29 @@ pub fn boot(accel: &dyn Accelerator, vcpus: u8, code: &[u8]) -> Guest {
 
 /// Runs until `run` returns, failing the test if that takes over 30 s.
 pub fn run(vcpu: &mut dyn Vcpu) -> VcpuExit {
+    let (exit, fired) = run_with_watchdog(vcpu, Duration::from_secs(30));
+    let exit = exit.unwrap();
+    assert!(!fired, "guest timed out:\n{}", vcpu.dump_state());
+    exit
+}
+
+/// Runs until `run` returns; a watchdog kicks the vCPU out after `limit`.
+/// Returns the exit and whether the watchdog fired.
+pub fn run_with_watchdog(vcpu: &mut dyn Vcpu, limit: Duration) -> (accel::Result<VcpuExit>, bool) {
     let kicker = vcpu.kicker();
     let (done, wait) = mpsc::channel::<()>();
     let fired = Arc::new(AtomicBool::new(false));
     let fired2 = fired.clone();
     let dog = thread::spawn(move || {
-        if let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(Duration::from_secs(30)) {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
             fired2.store(true, Ordering::SeqCst);
             kicker.kick();
         }
     });
-    let exit = vcpu.run().unwrap();
+    let exit = vcpu.run();
     drop(done);
     dog.join().unwrap();
-    assert!(!fired.load(Ordering::SeqCst), "guest timed out:\n{}", vcpu.dump_state());
-    exit
+    (exit, fired.load(Ordering::SeqCst))
 }
 
 /// Runs the guest to its "done" write.
