@@ -95,7 +95,8 @@ pub fn validate(ops: &[Op], num_temps: usize, label_pos: &[usize]) -> Result<(),
     Ok(())
 }
 
-const CC_OP_OFFSET: u32 = offset_of!(X86State, cc_op) as u32;
+/// Where `cc_op` lives: stores to it are sanitised into a valid [`CcOp`].
+pub(super) const CC_OP_OFFSET: u32 = offset_of!(X86State, cc_op) as u32;
 
 #[inline(always)]
 pub(super) fn ld_env(state: &X86State, offset: u32, size: MemSize) -> u64 {

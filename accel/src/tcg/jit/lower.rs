@@ -5,6 +5,7 @@
 //! into [`super::runtime`]. The function returns an [`super::exit`] code.
 
 use std::collections::BTreeSet;
+use std::mem::offset_of;
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
@@ -13,13 +14,11 @@ use cranelift_codegen::ir::{
 use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::{FunctionBuilder, Variable};
 
-use std::mem::offset_of;
-
 use super::exit;
 use super::runtime::{self, offsets};
 use crate::tcg::bytecode::{Code, ExitKind2, X};
 use crate::tcg::chain::ChainLink;
-use crate::tcg::interp::env_access_ok;
+use crate::tcg::interp::{env_access_ok, CC_OP_OFFSET};
 use crate::tcg::ir::{BinOp, Cond, ExtKind, MemFlags, MemSize, UnOp, MAX_HELPER_ARGS};
 use crate::tcg::mmu::fast_tlb::{self, FastEntry};
 use crate::tcg::state::{hflags, X86State};
@@ -149,8 +148,6 @@ fn narrow(size: MemSize) -> types::Type {
         MemSize::B8 => I64,
     }
 }
-
-const CC_OP_OFFSET: u32 = std::mem::offset_of!(X86State, cc_op) as u32;
 
 impl Lowering<'_, '_, '_> {
     /// Starts op `i`: a branch target begins a new Cranelift block.
@@ -432,7 +429,7 @@ impl Lowering<'_, '_, '_> {
             X::Raise { insn, exc } => self.ret(exit::raise(insn, exc)),
             X::GotoTb { slot, pc } => {
                 let v = self.imm(pc);
-                self.b.ins().store(ClMem::trusted(), v, self.state, std::mem::offset_of!(X86State, rip) as i32);
+                self.b.ins().store(ClMem::trusted(), v, self.state, offset_of!(X86State, rip) as i32);
                 self.chain(slot);
                 self.ret(exit::goto(slot));
             }
@@ -468,17 +465,14 @@ impl Lowering<'_, '_, '_> {
 
     /// Host address of a fast-TLB hit.
     fn host_address(&mut self, entry: Value, addr: Value) -> Value {
-        let addend = self.b.ins().load(I64, ClMem::trusted(), entry, std::mem::offset_of!(FastEntry, addend) as i32);
+        let addend = self.b.ins().load(I64, ClMem::trusted(), entry, offset_of!(FastEntry, addend) as i32);
         self.b.ins().iadd(addr, addend)
     }
 
     /// Guest-memory load: inline through the fast TLB, else the softmmu.
     fn load(&mut self, addr: Value, insn: u16, size: MemSize, sign: bool, flags: MemFlags) -> Value {
-        let tag = if flags.contains(MemFlags::RMW) {
-            std::mem::offset_of!(FastEntry, write)
-        } else {
-            std::mem::offset_of!(FastEntry, read)
-        };
+        let tag =
+            if flags.contains(MemFlags::RMW) { offset_of!(FastEntry, write) } else { offset_of!(FastEntry, read) };
         let (entry, hit) = self.fast_lookup(addr, size, tag);
         let (fast, slow, join) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
         self.b.append_block_param(join, I64);
@@ -514,7 +508,7 @@ impl Lowering<'_, '_, '_> {
     /// softmmu.
     fn store(&mut self, v: Value, addr: u16, insn: u16, size: MemSize, flags: MemFlags) {
         let addr = self.get(addr);
-        let (entry, hit) = self.fast_lookup(addr, size, std::mem::offset_of!(FastEntry, write));
+        let (entry, hit) = self.fast_lookup(addr, size, offset_of!(FastEntry, write));
         let (fast, slow, join) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
         self.b.ins().brif(hit, fast, &[], slow, &[]);
 
@@ -522,10 +516,9 @@ impl Lowering<'_, '_, '_> {
         let host = self.host_address(entry, addr);
         let narrow_v = if size == MemSize::B8 { v } else { self.b.ins().ireduce(narrow(size), v) };
         self.b.ins().store(ClMem::trusted(), narrow_v, host, 0);
-        let word_ptr =
-            self.b.ins().load(I64, ClMem::trusted(), entry, std::mem::offset_of!(FastEntry, code_word) as i32);
+        let word_ptr = self.b.ins().load(I64, ClMem::trusted(), entry, offset_of!(FastEntry, code_word) as i32);
         let word = self.b.ins().load(I64, ClMem::trusted(), word_ptr, 0);
-        let page = self.b.ins().load(I64, ClMem::trusted(), entry, std::mem::offset_of!(FastEntry, page) as i32);
+        let page = self.b.ins().load(I64, ClMem::trusted(), entry, offset_of!(FastEntry, page) as i32);
         let bit = self.b.ins().ushr(word, page);
         let code = self.b.ins().band_imm_u(bit, 1);
         let notify = self.b.create_block();
